@@ -1,0 +1,91 @@
+"""The engine: classification, the task state machine, sans-IO jobs, drivers, the facade.
+
+The sans-IO core (`_classify`, `_fsm`, `_job`, `_errors`) imports no I/O library; drivers
+(`_driver`, `_engine`, `_clock`) and the command line (`cli`) do the I/O.
+"""
+
+from ._classify import Accepted, Outcome, Processing, Solved, classify, parse_retry_after
+from ._clock import Clock, SystemClock, VirtualClock
+from ._driver import MoveHook, drive, log_move
+from ._engine import DEFAULT_TIMEOUT, Engine, solve
+from ._errors import (
+    BadRequestError,
+    CaptchaflowError,
+    ConnectionFailedError,
+    DeadlineExceededError,
+    GaveUpError,
+    HttpStatusError,
+    IllegalTransitionError,
+    InvalidTaskError,
+    JobCancelledError,
+    JobStateError,
+    MalformedReplyError,
+    NoReplyError,
+    PermanentError,
+    PolicyError,
+    RetriesExhaustedError,
+    UnknownCodeError,
+    UnsolvableError,
+    error_class_for,
+)
+from ._fsm import (
+    TERMINAL_STATES,
+    TRANSITIONS,
+    Edge,
+    Move,
+    TaskState,
+    fire,
+    machine_dot,
+    machine_table,
+)
+from ._job import Action, Finished, Job, Send, Wait, validate_task
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Accepted",
+    "Action",
+    "BadRequestError",
+    "CaptchaflowError",
+    "Clock",
+    "ConnectionFailedError",
+    "DeadlineExceededError",
+    "Edge",
+    "Engine",
+    "Finished",
+    "GaveUpError",
+    "HttpStatusError",
+    "IllegalTransitionError",
+    "InvalidTaskError",
+    "Job",
+    "JobCancelledError",
+    "JobStateError",
+    "MalformedReplyError",
+    "Move",
+    "MoveHook",
+    "NoReplyError",
+    "Outcome",
+    "PermanentError",
+    "PolicyError",
+    "Processing",
+    "RetriesExhaustedError",
+    "Send",
+    "Solved",
+    "SystemClock",
+    "TaskState",
+    "UnknownCodeError",
+    "UnsolvableError",
+    "VirtualClock",
+    "Wait",
+    "classify",
+    "drive",
+    "error_class_for",
+    "fire",
+    "log_move",
+    "machine_dot",
+    "machine_table",
+    "parse_retry_after",
+    "solve",
+    "validate_task",
+]

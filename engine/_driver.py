@@ -1,0 +1,83 @@
+"""The async driver: runs a sans-IO job to the end over a transport, under asyncio or trio."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeAlias
+
+from captchaflow.transports import ApiReply, ApiRequest, SentNoReply, Transport, TransportError
+
+from ._classify import classify
+from ._clock import Clock
+from ._fsm import Move
+from ._job import Finished, Job, Wait
+
+__all__ = ["MoveHook", "drive", "log_move"]
+
+MoveHook: TypeAlias = Callable[[Job, Move], None]
+"""Called once for every move of every job, in order (for logging, metrics, tracing)."""
+
+logger = logging.getLogger("captchaflow")
+
+
+def log_move(job: Job, move: Move) -> None:
+    """The default hook: one DEBUG record per move on the `captchaflow` logger."""
+    logger.debug(
+        "task %s: %s -> %s [%s] %s",
+        job.task_id if job.task_id is not None else "-",
+        move.source,
+        move.dest,
+        move.trigger,
+        move.cause,
+    )
+
+
+async def drive(
+    job: Job, transport: Transport, clock: Clock, *, on_move: MoveHook | None = log_move
+) -> Job:
+    """Run `job` until it is finished and return it.
+
+    Each request is bounded by the time left before the job's deadline. If the caller
+    cancels (an anyio cancel scope, a KeyboardInterrupt), the job is moved to `cancelled`
+    before the cancellation propagates, so no job is ever left live by a dead driver.
+    """
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        if on_move is not None:
+            for move in job.history[reported:]:
+                on_move(job, move)
+        reported = len(job.history)
+
+    try:
+        while True:
+            report()
+            now = clock.now()
+            action = job.next_action(now)
+            if isinstance(action, Finished):
+                break
+            if isinstance(action, Wait):
+                await clock.sleep_until(action.until)
+            else:
+                request = action.request
+                reply = await _send(transport, request, job.deadline - now)
+                job.feed(classify(request.endpoint, reply, wall_time=clock.wall()), clock.now())
+    except BaseException:
+        job.cancel(clock.now(), "the driver was cancelled")
+        raise
+    finally:
+        report()
+    return job
+
+
+async def _send(
+    transport: Transport, request: ApiRequest, timeout: float
+) -> ApiReply | TransportError:
+    try:
+        return await transport.send(request, timeout=timeout)
+    except TransportError as exc:
+        return exc
+    except Exception as exc:  # a misbehaving transport must not kill the job
+        return SentNoReply(f"transport raised {type(exc).__name__}: {exc}")

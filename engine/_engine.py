@@ -1,0 +1,164 @@
+"""The facade: `Engine` (async) and `solve` (sync) for solving tasks on one account."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+from captchaflow.policies import DocumentedPolicy, FixedInterval, PollSchedule, RetryPolicy
+from captchaflow.transports import DEFAULT_BASE_URL, ApiKey, HttpxTransport, JsonValue, Transport
+
+from ._clock import Clock, SystemClock
+from ._driver import MoveHook, drive, log_move
+from ._job import Job
+
+__all__ = ["DEFAULT_TIMEOUT", "Engine", "solve"]
+
+DEFAULT_TIMEOUT = 120.0
+
+
+def _as_key(key: str | ApiKey) -> ApiKey:
+    return key if isinstance(key, ApiKey) else ApiKey(key)
+
+
+class Engine:
+    """Solves tasks on one account.
+
+    - `key`: the account key (a `str` or an `ApiKey`); it is never shown anywhere.
+    - `transport`: how requests travel; by default an `HttpxTransport` to `base_url`, which
+      the engine then owns and closes. A transport you pass in stays yours to close.
+    - `policy`, `poll_schedule`: defaults for every task (the provider's documented strategy
+      and a 2-second poll); each call may override them.
+    - `timeout`: the default deadline of each task, in seconds from its start.
+    - `clock`: where time comes from (`SystemClock` by default).
+    - `on_move`: called for every state change of every job (default: a DEBUG log record).
+    """
+
+    def __init__(
+        self,
+        key: str | ApiKey,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        transport: Transport | None = None,
+        policy: RetryPolicy | None = None,
+        poll_schedule: PollSchedule | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        clock: Clock | None = None,
+        on_move: MoveHook | None = log_move,
+    ) -> None:
+        _check_timeout(timeout)
+        self._key = _as_key(key)
+        self._owns_transport = transport is None
+        self.transport: Transport = transport if transport is not None else HttpxTransport(base_url)
+        self.policy: RetryPolicy = policy if policy is not None else DocumentedPolicy()
+        self.poll_schedule: PollSchedule = (
+            poll_schedule if poll_schedule is not None else FixedInterval()
+        )
+        self.timeout = timeout
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.on_move = on_move
+
+    def job(
+        self,
+        task: Mapping[str, JsonValue],
+        *,
+        timeout: float | None = None,
+        policy: RetryPolicy | None = None,
+        poll_schedule: PollSchedule | None = None,
+    ) -> Job:
+        """A new, not yet started job for `task` with this engine's defaults (for custom
+        drivers). Raises `InvalidTaskError` for a task that is not a proper JSON object."""
+        if timeout is not None:
+            _check_timeout(timeout)
+        return Job(
+            task,
+            key=self._key,
+            policy=policy if policy is not None else self.policy,
+            schedule=poll_schedule if poll_schedule is not None else self.poll_schedule,
+            now=self.clock.now(),
+            timeout=timeout if timeout is not None else self.timeout,
+        )
+
+    async def run(
+        self,
+        task: Mapping[str, JsonValue],
+        *,
+        timeout: float | None = None,
+        policy: RetryPolicy | None = None,
+        poll_schedule: PollSchedule | None = None,
+    ) -> Job:
+        """Drive one task to a terminal state and return its finished `Job` (which holds the
+        solution or the error, and the history). Raises only `InvalidTaskError`."""
+        job = self.job(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
+        return await drive(job, self.transport, self.clock, on_move=self.on_move)
+
+    async def solve(
+        self,
+        task: Mapping[str, JsonValue],
+        *,
+        timeout: float | None = None,
+        policy: RetryPolicy | None = None,
+        poll_schedule: PollSchedule | None = None,
+    ) -> Mapping[str, JsonValue]:
+        """Solve one task and return the solution exactly as the API sent it, or raise the
+        `CaptchaflowError` subclass that says why not."""
+        job = await self.run(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
+        return job.result()
+
+    async def aclose(self) -> None:
+        """Close the transport if the engine created it."""
+        if self._owns_transport:
+            await self.transport.aclose()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"Engine(transport={self.transport!r}, policy={self.policy!r}, timeout={self.timeout})"
+        )
+
+
+def solve(
+    task: Mapping[str, JsonValue],
+    *,
+    key: str | ApiKey,
+    base_url: str = DEFAULT_BASE_URL,
+    transport: Transport | None = None,
+    policy: RetryPolicy | None = None,
+    poll_schedule: PollSchedule | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    on_move: MoveHook | None = log_move,
+    backend: Literal["asyncio", "trio"] = "asyncio",
+) -> Mapping[str, JsonValue]:
+    """Solve one task synchronously (runs its own event loop); see `Engine` for arguments.
+
+    Returns the solution or raises a `CaptchaflowError` subclass. Must not be called from
+    inside a running event loop: use `Engine.solve` there.
+    """
+    import anyio
+
+    async def run() -> Mapping[str, JsonValue]:
+        engine = Engine(
+            key,
+            base_url=base_url,
+            transport=transport,
+            policy=policy,
+            poll_schedule=poll_schedule,
+            timeout=timeout,
+            on_move=on_move,
+        )
+        async with engine:
+            return await engine.solve(task)
+
+    return anyio.run(functools.partial(run), backend=backend)
+
+
+def _check_timeout(timeout: float) -> None:
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout!r}")

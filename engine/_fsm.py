@@ -1,0 +1,144 @@
+"""The task state machine: one `transitions.Machine`, defined once, shared by every job.
+
+Theory of operation. A task moves through these states:
+
+    submitted --accept--> polling --solve--> ready
+        |                  |
+        +--defer--> backoff <--defer--+
+                     |  |
+      submitted <-retry_submit  retry_poll-> polling
+
+and from any live state (submitted, polling, backoff) `fail` leads to failed and `cancel`
+to cancelled. `submitted` means "a createTask is due or in flight", `polling` "the provider
+has the task; a getTaskResult is due or in flight", `backoff` "waiting after a failure
+before the next request". Waiting between polls is not a state of its own: it is part of
+polling.
+
+The table `TRANSITIONS` below is plain data, handed to `transitions.Machine` once. Jobs do
+not get a machine, nor bound trigger methods (thousands of jobs would cost hundreds of
+microseconds and kilobytes each); a job is just an object with a `state` attribute, moved by
+`fire(job, trigger)`, which looks the trigger up in the shared machine. Illegal moves raise
+`IllegalTransitionError`. `specs/task-fsm.json` states the same machine and a test compares
+it with what `machine_table()` reads back out of the live machine.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, NamedTuple, Protocol
+
+from transitions import Machine, MachineError
+
+from ._errors import IllegalTransitionError
+
+__all__ = [
+    "INITIAL_STATE",
+    "LIVE_STATES",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Edge",
+    "Move",
+    "TaskState",
+    "fire",
+    "machine_dot",
+    "machine_table",
+]
+
+
+class TaskState(enum.StrEnum):
+    """The states of a task. Jobs store the plain string value."""
+
+    SUBMITTED = "submitted"
+    POLLING = "polling"
+    BACKOFF = "backoff"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+INITIAL_STATE: Final = TaskState.SUBMITTED
+TERMINAL_STATES: Final = frozenset({TaskState.READY, TaskState.FAILED, TaskState.CANCELLED})
+LIVE_STATES: Final = frozenset(TaskState) - TERMINAL_STATES
+
+
+class Edge(NamedTuple):
+    """One row of the transition table: `trigger` moves a job from any of `sources` to `dest`."""
+
+    trigger: str
+    sources: tuple[TaskState, ...]
+    dest: TaskState
+    meaning: str
+
+
+_S = TaskState
+_LIVE = (_S.SUBMITTED, _S.POLLING, _S.BACKOFF)
+
+TRANSITIONS: Final[tuple[Edge, ...]] = (
+    Edge("accept", (_S.SUBMITTED,), _S.POLLING, "createTask returned a task id"),
+    Edge("solve", (_S.POLLING,), _S.READY, "getTaskResult returned the solution"),
+    Edge("defer", (_S.SUBMITTED, _S.POLLING), _S.BACKOFF, "a failure the policy retries later"),
+    Edge("retry_submit", (_S.BACKOFF,), _S.SUBMITTED, "the wait is over; create the task"),
+    Edge("retry_poll", (_S.BACKOFF,), _S.POLLING, "the wait is over; poll the task again"),
+    Edge("fail", _LIVE, _S.FAILED, "the policy gave up, or the deadline passed"),
+    Edge("cancel", _LIVE, _S.CANCELLED, "the caller cancelled the job"),
+)
+
+_MACHINE: Final = Machine(
+    model=None,
+    states=[state.value for state in TaskState],
+    transitions=[
+        {"trigger": e.trigger, "source": [s.value for s in e.sources], "dest": e.dest.value}
+        for e in TRANSITIONS
+    ],
+    initial=INITIAL_STATE.value,
+    auto_transitions=False,
+    ignore_invalid_triggers=False,
+)
+
+
+class Move(NamedTuple):
+    """One entry of a job's history: at `at`, `trigger` moved it from `source` to `dest`
+    because of `cause`."""
+
+    at: float
+    source: str
+    dest: str
+    trigger: str
+    cause: str
+
+
+class _HasState(Protocol):
+    state: str
+
+
+def fire(model: _HasState, trigger: str) -> None:
+    """Move `model` along `trigger` in the shared machine, or raise `IllegalTransitionError`
+    naming the trigger and the state (the model is left unchanged)."""
+    event = _MACHINE.events.get(trigger)
+    if event is None:
+        raise IllegalTransitionError(trigger, model.state, known=False)
+    try:
+        event.trigger(model)
+    except MachineError:
+        raise IllegalTransitionError(trigger, model.state, known=True) from None
+
+
+def machine_table() -> dict[str, dict[str, str]]:
+    """Read the transitions back out of the live machine: `{trigger: {source: dest}}`."""
+    return {
+        name: {source: str(moves[0].dest) for source, moves in event.transitions.items()}
+        for name, event in _MACHINE.events.items()
+    }
+
+
+def machine_dot() -> str:
+    """The machine as a Graphviz digraph, drawn from the live machine itself."""
+    lines = ["digraph task {", "  rankdir=LR;", f'  "" -> "{INITIAL_STATE.value}";']
+    lines.append('  "" [shape=none];')
+    for state in TaskState:
+        shape = "doublecircle" if state in TERMINAL_STATES else "circle"
+        lines.append(f'  "{state.value}" [shape={shape}];')
+    for trigger, moves in machine_table().items():
+        lines.extend(f'  "{src}" -> "{dst}" [label="{trigger}"];' for src, dst in moves.items())
+    lines.append("}")
+    return "\n".join(lines) + "\n"

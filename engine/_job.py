@@ -1,0 +1,332 @@
+"""The sans-IO job: one task's life, advanced by feeding it outcomes and the current time.
+
+Theory of operation. A driver runs this loop until the job is finished:
+
+    action = job.next_action(now)
+    Send(request)  -> perform it, then job.feed(classify(...), now)
+    Wait(until)    -> come back at `until` (or earlier; the job just answers Wait again)
+    Finished()     -> read job.solution or job.error
+
+The job never sleeps, never reads a clock and never does I/O; time is whatever the driver
+says it is, which is what makes it testable in virtual time and embeddable anywhere.
+
+Rules the job enforces whatever its policy says:
+- it never sends a request before the server's retry hint has passed;
+- it never waits past its deadline: a wait that would end after it fails the job at once,
+  and a job still live at its deadline fails with `DeadlineExceededError`;
+- a solution that arrives is always kept, even after the deadline: it has been paid for;
+- every state change goes through the shared machine and is recorded in `history`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Final, TypeAlias
+
+import attrs
+from captchaflow.policies import (
+    Failure,
+    GiveUp,
+    PollSchedule,
+    Resubmit,
+    RetryAfter,
+    RetryContext,
+    RetryPolicy,
+)
+from captchaflow.transports import ApiKey, ApiRequest, Endpoint, JsonValue, TaskId
+
+from ._classify import Accepted, Outcome, Processing, Solved
+from ._errors import (
+    CaptchaflowError,
+    DeadlineExceededError,
+    InvalidTaskError,
+    JobCancelledError,
+    JobStateError,
+    PolicyError,
+    error_class_for,
+)
+from ._fsm import INITIAL_STATE, TERMINAL_STATES, Move, TaskState, fire
+
+__all__ = ["Action", "Finished", "Job", "Send", "Wait", "validate_task"]
+
+
+@attrs.frozen
+class Send:
+    """Send `request` now, then feed the job what came back."""
+
+    request: ApiRequest
+
+
+@attrs.frozen
+class Wait:
+    """Nothing to do before `until` (on the driver's clock)."""
+
+    until: float
+
+
+@attrs.frozen
+class Finished:
+    """The job is in a terminal state; read `job.solution` or `job.error`."""
+
+
+Action: TypeAlias = Send | Wait | Finished
+
+FINISHED: Final = Finished()
+
+
+def validate_task(task: object) -> Mapping[str, JsonValue]:
+    """Return `task` if it is a JSON-serialisable object with a non-empty string `type`,
+    else raise `InvalidTaskError` saying what is wrong."""
+    if not isinstance(task, Mapping):
+        raise InvalidTaskError(f"a task must be a JSON object, got {type(task).__name__}")
+    kind = task.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidTaskError('a task needs a non-empty string "type"')
+    try:
+        json.dumps(task, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidTaskError(f"the task is not serialisable as JSON: {exc}") from None
+    return task
+
+
+class Job:
+    """One captcha task driven to a terminal state. See the module docstring."""
+
+    __slots__ = (
+        "_awaiting",
+        "_next_at",
+        "_previous_delay",
+        "attempt",
+        "deadline",
+        "error",
+        "history",
+        "key",
+        "last_failure",
+        "policy",
+        "polls",
+        "requests_sent",
+        "resubmits",
+        "schedule",
+        "solution",
+        "state",
+        "task",
+        "task_id",
+    )
+
+    def __init__(
+        self,
+        task: Mapping[str, JsonValue],
+        *,
+        key: ApiKey,
+        policy: RetryPolicy,
+        schedule: PollSchedule,
+        now: float,
+        timeout: float,
+    ) -> None:
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a positive finite number, got {timeout!r}")
+        self.task = validate_task(task)
+        self.key = key
+        self.policy = policy
+        self.schedule = schedule
+        self.deadline = now + timeout
+        self.state: str = INITIAL_STATE.value
+        self.history: list[Move] = []
+        self.task_id: TaskId | None = None
+        self.attempt = 0
+        self.resubmits = 0
+        self.polls = 0
+        self.requests_sent = 0
+        self.solution: Mapping[str, JsonValue] | None = None
+        self.error: CaptchaflowError | None = None
+        self.last_failure: Failure | None = None
+        self._awaiting: Endpoint | None = None
+        self._next_at = now
+        self._previous_delay: float | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is ready, failed or cancelled."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """True between a `Send` and the matching `feed`."""
+        return self._awaiting is not None
+
+    def result(self) -> Mapping[str, JsonValue]:
+        """The solution, or raise the job's error (or `JobStateError` if still live)."""
+        if self.solution is not None:
+            return self.solution
+        if self.error is not None:
+            raise self.error
+        raise JobStateError(f"the job is still {self.state}")
+
+    def __repr__(self) -> str:
+        return f"<Job {self.state} task_id={self.task_id!r} requests={self.requests_sent}>"
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def next_action(self, now: float) -> Action:
+        """What the driver should do at time `now`."""
+        if self.state in TERMINAL_STATES:
+            return FINISHED
+        if self._awaiting is not None:
+            raise JobStateError("a reply is still awaited; feed it before asking again")
+        if now >= self.deadline:
+            self._fail_deadline(now)
+            return FINISHED
+        if now < self._next_at:
+            return Wait(self._next_at)
+        if self.state == TaskState.BACKOFF:
+            trigger = "retry_submit" if self.task_id is None else "retry_poll"
+            self._move(trigger, now, "wait over")
+        if self.task_id is None:
+            request = ApiRequest.create_task(self.key, self.task)
+        else:
+            request = ApiRequest.get_task_result(self.key, self.task_id)
+            self.polls += 1
+        self._awaiting = request.endpoint
+        self.requests_sent += 1
+        return Send(request)
+
+    def feed(self, outcome: Outcome, now: float) -> None:
+        """Tell the job what its last request came back with, at time `now`."""
+        endpoint = self._awaiting
+        if endpoint is None:
+            raise JobStateError("no request is awaiting a reply")
+        self._awaiting = None
+        if isinstance(outcome, Failure):
+            self._on_failure(self._redacted(outcome), now)
+        elif isinstance(outcome, Accepted) and endpoint is Endpoint.CREATE_TASK:
+            self.task_id = outcome.task_id
+            self.attempt = 0
+            self.polls = 0
+            self._previous_delay = None
+            self._move("accept", now, f"task {outcome.task_id!r} accepted")
+            self._schedule_poll(now)
+        elif isinstance(outcome, Processing) and endpoint is Endpoint.GET_TASK_RESULT:
+            self.attempt = 0
+            self._previous_delay = None
+            self._schedule_poll(now)
+        elif isinstance(outcome, Solved) and endpoint is Endpoint.GET_TASK_RESULT:
+            self.solution = outcome.solution
+            self._move("solve", now, f"solved after {self.polls} polls")
+        else:
+            self._awaiting = endpoint
+            raise JobStateError(f"{type(outcome).__name__} is not a reply to {endpoint.value}")
+
+    def cancel(self, now: float, reason: str = "cancelled by the caller") -> bool:
+        """Cancel the job unless it has finished; return whether it was cancelled."""
+        if self.state in TERMINAL_STATES:
+            return False
+        self._awaiting = None
+        self._move("cancel", now, reason)
+        self.error = JobCancelledError(
+            reason, history=self.history, task_id=self.task_id, failure=self.last_failure
+        )
+        return True
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _move(self, trigger: str, now: float, cause: str) -> None:
+        source = self.state
+        fire(self, trigger)
+        self.history.append(Move(now, source, self.state, trigger, cause))
+
+    def _schedule_poll(self, now: float) -> None:
+        try:
+            delay = float(self.schedule.delay_before_poll(self.polls + 1))
+        except Exception as exc:
+            self._fail_policy(now, f"poll schedule raised {exc!r}")
+            return
+        if not (delay >= 0 and math.isfinite(delay)):
+            self._fail_policy(now, f"poll schedule answered {delay!r}")
+            return
+        self._next_at = min(now + delay, self.deadline)
+
+    def _on_failure(self, failure: Failure, now: float) -> None:
+        self.attempt += 1
+        self.last_failure = failure
+        context = RetryContext(
+            attempt=self.attempt,
+            resubmits=self.resubmits,
+            now=now,
+            deadline=self.deadline,
+            previous_delay=self._previous_delay,
+        )
+        try:
+            decision = self.policy.decide(failure, context)
+        except Exception as exc:
+            self._fail_policy(now, f"retry policy raised {exc!r}")
+            return
+        what = _describe(failure)
+        if isinstance(decision, GiveUp):
+            self._fail(failure, now, decision.reason)
+            return
+        if not isinstance(decision, RetryAfter | Resubmit):
+            self._fail_policy(now, f"retry policy answered {decision!r}")
+            return
+        # The server's hint is a floor, whatever the policy chose.
+        delay = max(decision.delay, failure.retry_after or 0.0)
+        if now + delay > self.deadline:
+            self._fail(failure, now, f"waiting {delay:.3g}s would pass the deadline")
+            return
+        if isinstance(decision, Resubmit):
+            self.resubmits += 1
+            self.task_id = None
+            self.attempt = 0
+            self._previous_delay = None
+            cause = f"{what}; resubmit {self.resubmits} in {delay:.3g}s"
+        else:
+            self._previous_delay = delay
+            cause = f"{what}; retry in {delay:.3g}s ({decision.reason})"
+        self._next_at = now + delay
+        self._move("defer", now, cause)
+
+    def _fail(self, failure: Failure, now: float, reason: str) -> None:
+        self._move("fail", now, f"{_describe(failure)}; {reason}")
+        self.error = error_class_for(failure.bucket)(
+            failure.message,
+            name=failure.name,
+            code=failure.code,
+            reason=reason,
+            failure=failure,
+            history=self.history,
+            task_id=self.task_id,
+        )
+
+    def _fail_deadline(self, now: float) -> None:
+        last = self.last_failure
+        reason = f"last failure: {_describe(last)}" if last is not None else ""
+        self._move("fail", now, "deadline passed")
+        self.error = DeadlineExceededError(
+            f"no solution within the deadline (state was {self.history[-1].source})",
+            name="DEADLINE_EXCEEDED",
+            reason=reason,
+            failure=last,
+            history=self.history,
+            task_id=self.task_id,
+        )
+
+    def _fail_policy(self, now: float, reason: str) -> None:
+        self._move("fail", now, reason)
+        self.error = PolicyError(
+            reason, name="POLICY_ERROR", history=self.history, task_id=self.task_id
+        )
+
+    def _redacted(self, failure: Failure) -> Failure:
+        message = self.key.redact(failure.message)
+        name = self.key.redact(failure.name)
+        if message is failure.message and name is failure.name:
+            return failure
+        return attrs.evolve(failure, message=message, name=name)
+
+
+def _describe(failure: Failure) -> str:
+    code = f" ({failure.code})" if failure.code is not None else ""
+    return f"{failure.name}{code} on {failure.endpoint.value}"

@@ -1,0 +1,206 @@
+"""The `captchaflow` command. The only module that reads argv, the environment and files.
+
+Contract (README, "Command line"): the solution goes to stdout as one line of JSON and the
+exit status is 0; any failure prints exactly one line to stderr, naming the error, and exits
+with 2 (usage or invalid input), 3 (permanent account error), 4 (bad request),
+5 (unsolvable), 6 (gave up: transient failures, transport failures or the deadline),
+130 (interrupted) or 1 (a bug in captchaflow). Never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from captchaflow.transports import DEFAULT_BASE_URL, ApiKey, JsonValue, check_base_url
+
+from ._engine import DEFAULT_TIMEOUT, solve
+from ._errors import CaptchaflowError
+from ._fsm import machine_dot
+from ._job import validate_task
+
+__all__ = ["EXIT_USAGE", "KEY_ENV", "main"]
+
+KEY_ENV = "NOCAPTCHA_API_KEY"
+EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+PROG = "captchaflow"
+
+
+class UsageError(Exception):
+    """Bad command-line input; exit 2 with the message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `captchaflow` command."""
+    parser = _Parser(
+        prog=PROG,
+        description="Solve captchas through the NoCaptcha task API, correctly.",
+        epilog=f"The API key is read from ${KEY_ENV} or --key-file, never from an argument.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    solve_cmd = commands.add_parser(
+        "solve",
+        help="solve one task and print its solution as one line of JSON",
+        description="Solve one task; print the solution as one line of JSON on stdout.",
+        epilog="exit status: 0 solved, 2 usage or invalid input, 3 permanent account error "
+        "(codes 1, 3, 14, 15), 4 bad request (10), 5 unsolvable (12), 6 gave up "
+        "(transient or transport failures, deadline), 130 interrupted",
+    )
+    source = solve_cmd.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", metavar="JSON", help="the task as a JSON object")
+    source.add_argument(
+        "--task-file", metavar="PATH", help="a file holding the task as JSON ('-' for stdin)"
+    )
+    source.add_argument("--image", metavar="PATH", help="an image file, sent as an ImageToTextTask")
+    solve_cmd.add_argument(
+        "--base-url", default=DEFAULT_BASE_URL, help=f"the API's base URL ({DEFAULT_BASE_URL})"
+    )
+    solve_cmd.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"overall deadline in seconds (default {DEFAULT_TIMEOUT:g})",
+    )
+    solve_cmd.add_argument(
+        "--key-file", metavar="PATH", help=f"read the API key from this file instead of ${KEY_ENV}"
+    )
+    solve_cmd.add_argument(
+        "-v", "--verbose", action="store_true", help="log every state change to stderr"
+    )
+
+    commands.add_parser(
+        "fsm",
+        help="print the task state machine as a Graphviz digraph",
+        description="Print the task state machine, read from the live machine, as DOT.",
+    )
+    return parser
+
+
+def _read_key(key_file: str | None) -> ApiKey:
+    if key_file is not None:
+        try:
+            with open(key_file, encoding="utf-8") as handle:
+                secret = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --key-file {key_file!r}: {_os_reason(exc)}") from None
+        where = f"--key-file {key_file!r}"
+    else:
+        secret = os.environ.get(KEY_ENV, "").strip()
+        where = f"${KEY_ENV}"
+        if not secret:
+            raise UsageError(f"no API key: set ${KEY_ENV} or pass --key-file PATH")
+    if not secret or any(ch.isspace() for ch in secret):
+        raise UsageError(f"the API key in {where} is empty or contains whitespace")
+    return ApiKey(secret)
+
+
+def _read_task(args: argparse.Namespace) -> Mapping[str, JsonValue]:
+    if args.image is not None:
+        try:
+            with open(args.image, "rb") as handle:
+                image = handle.read()
+        except OSError as exc:
+            raise UsageError(f"cannot read --image {args.image!r}: {_os_reason(exc)}") from None
+        if not image:
+            raise UsageError(f"--image {args.image!r} is empty")
+        return {"type": "ImageToTextTask", "body": base64.b64encode(image).decode("ascii")}
+    if args.task_file is not None:
+        try:
+            if args.task_file == "-":
+                text = sys.stdin.read()
+            else:
+                with open(args.task_file, encoding="utf-8") as handle:
+                    text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(
+                f"cannot read --task-file {args.task_file!r}: {_os_reason(exc)}"
+            ) from None
+        origin = "--task-file"
+    else:
+        text, origin = args.task, "--task"
+    try:
+        task = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{origin} is not valid JSON: {exc}") from None
+    return validate_task(task)
+
+
+def _os_reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def _fail(message: str, code: int, key: ApiKey | None = None) -> int:
+    line = " ".join(message.split())
+    if key is not None:
+        line = key.redact(line)
+    print(f"{PROG}: {line}", file=sys.stderr)
+    return code
+
+
+def _solve(args: argparse.Namespace) -> int:
+    task = _read_task(args)
+    key = _read_key(args.key_file)
+    try:
+        base_url = check_base_url(args.base_url)
+    except ValueError as exc:
+        raise UsageError(f"--base-url: {exc}") from None
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        logging.getLogger("captchaflow").addHandler(handler)
+        logging.getLogger("captchaflow").setLevel(logging.DEBUG)
+    try:
+        solution = solve(task, key=key, base_url=base_url, timeout=args.timeout)
+    except CaptchaflowError as exc:
+        return _fail(exc.summary(), exc.exit_code, key)
+    print(json.dumps(solution, ensure_ascii=False, separators=(",", ":")))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; return its exit status (the console script exits with it)."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "fsm":
+            sys.stdout.write(machine_dot())
+            return 0
+        return _solve(args)
+    except UsageError as exc:
+        return _fail(f"error: {exc}", EXIT_USAGE)
+    except CaptchaflowError as exc:  # invalid task: nothing was sent
+        return _fail(exc.summary(), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug: still one line, still no key
+        return _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

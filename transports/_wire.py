@@ -1,0 +1,142 @@
+"""The wire vocabulary of the NoCaptcha task API: endpoints, error codes, requests, replies.
+
+Everything here is plain data. A request carries the account key as an `ApiKey`, whose
+`repr` and `str` are masked, so a request can be logged, stored in a history or shown in a
+traceback without leaking the credential; only `ApiRequest.body()` reveals it, to the wire.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+import attrs
+
+__all__ = [
+    "ApiKey",
+    "ApiReply",
+    "ApiRequest",
+    "Endpoint",
+    "ErrorCode",
+    "JsonValue",
+    "TaskId",
+]
+
+JsonValue: TypeAlias = Any
+"""Any value `json.loads` can return."""
+
+TaskId: TypeAlias = int | str
+"""The provider's task identifier, sent back exactly as it was received."""
+
+
+class Endpoint(enum.StrEnum):
+    """The two calls of the protocol, valued by their URL path."""
+
+    CREATE_TASK = "/createTask"
+    GET_TASK_RESULT = "/getTaskResult"
+
+
+class ErrorCode(enum.IntEnum):
+    """Every error code the provider documents (see specs/error-codes.json)."""
+
+    KEY_DOES_NOT_EXIST = 1
+    NO_SLOT_AVAILABLE = 2
+    ZERO_BALANCE = 3
+    ERROR_BAD_PARAMETERS = 10
+    ERROR_CAPTCHA_UNSOLVABLE = 12
+    PLAN_EXPIRED = 14
+    PLAN_INACTIVE = 15
+    RATE_LIMITED = 16
+    DAILY_LIMIT_EXCEEDED = 17
+    QUOTA_LIMIT_EXCEEDED = 18
+    SERVICE_UNAVAILABLE = 21
+
+
+_MASK = "ApiKey('***')"
+
+
+def _lower_keys(headers: Mapping[str, str]) -> Mapping[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+@attrs.frozen(repr=False)
+class ApiKey:
+    """An account key that never shows itself: `repr`, `str` and format all print a mask.
+
+    Equality compares the secret, so two keys for one account are equal; `reveal()` is the
+    only way to read it, and only transports call it.
+    """
+
+    _secret: str = attrs.field(alias="secret")
+
+    @_secret.validator
+    def _check(self, _attribute: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("an API key must be a str")
+        if not value or value != value.strip():
+            raise ValueError("an API key must be non-empty, without surrounding whitespace")
+
+    def reveal(self) -> str:
+        """Return the secret itself, for putting on the wire."""
+        return self._secret
+
+    def redact(self, text: str) -> str:
+        """Return `text` with every occurrence of the secret replaced by `***`."""
+        return text.replace(self._secret, "***") if self._secret in text else text
+
+    def __repr__(self) -> str:
+        return _MASK
+
+    __str__ = __repr__
+
+    def __format__(self, format_spec: str) -> str:
+        return _MASK
+
+
+@attrs.frozen
+class ApiRequest:
+    """One call to the API: the endpoint, the account key and the call's own fields.
+
+    `params` is `{"task": {...}}` for createTask and `{"taskId": ...}` for getTaskResult;
+    `body()` adds `clientKey`.
+    """
+
+    endpoint: Endpoint
+    key: ApiKey
+    params: Mapping[str, JsonValue]
+
+    @classmethod
+    def create_task(cls, key: ApiKey, task: Mapping[str, JsonValue]) -> ApiRequest:
+        """Build the createTask request for `task`."""
+        return cls(Endpoint.CREATE_TASK, key, {"task": task})
+
+    @classmethod
+    def get_task_result(cls, key: ApiKey, task_id: TaskId) -> ApiRequest:
+        """Build the getTaskResult request for `task_id`."""
+        return cls(Endpoint.GET_TASK_RESULT, key, {"taskId": task_id})
+
+    def body(self) -> bytes:
+        """The JSON body as sent on the wire, key included."""
+        payload = {"clientKey": self.key.reveal(), **self.params}
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
+@attrs.frozen
+class ApiReply:
+    """What came back over the wire: HTTP status, headers (names lower-cased) and raw body.
+
+    Nothing is parsed here; classification turns a reply into an outcome.
+    """
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_lower_keys)
+
+    @classmethod
+    def json(
+        cls, payload: JsonValue, *, status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> ApiReply:
+        """Build a reply whose body is `payload` encoded as JSON (handy in tests and handlers)."""
+        return cls(status, json.dumps(payload).encode(), headers or {})
