@@ -1,0 +1,37 @@
+"""Shared fixtures and hypothesis profiles.
+
+Profiles: `ci` (the default; fixed seed-free derandomised runs, bounded examples) and `dev`
+(many more examples, for long local runs: `HYPOTHESIS_PROFILE=dev pytest`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+SECRET_KEY = "sk-test-7f3c9a1e-DO-NOT-LEAK"
+"""The API key every test uses; tests assert it never shows up anywhere."""
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run every `@pytest.mark.anyio` test under both asyncio and trio."""
+    return str(request.param)
+
+
+@pytest.fixture
+def secret_key() -> str:
+    """The test API key."""
+    return SECRET_KEY
