@@ -1,0 +1,229 @@
+"""The async driver and the facades, under asyncio and trio, in virtual time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+import pytest
+from captchaflow.engine import (
+    ConnectionFailedError,
+    Engine,
+    InvalidTaskError,
+    Move,
+    NoReplyError,
+    PermanentError,
+    TaskState,
+    VirtualClock,
+    drive,
+    solve,
+)
+from captchaflow.policies import DocumentedPolicy, FixedInterval, NoRetry
+from captchaflow.transports import (
+    ApiReply,
+    ApiRequest,
+    Endpoint,
+    HandlerTransport,
+    NotSent,
+)
+
+TASK = {"type": "ImageToTextTask", "body": "aGk="}
+
+
+def scripted(
+    create: list[ApiReply | Exception], poll: list[ApiReply | Exception]
+) -> Callable[[ApiRequest], ApiReply]:
+    """A handler answering createTask and getTaskResult from two scripts (last one repeats)."""
+    scripts = {Endpoint.CREATE_TASK: list(create), Endpoint.GET_TASK_RESULT: list(poll)}
+
+    def handler(request: ApiRequest) -> ApiReply:
+        script = scripts[request.endpoint]
+        answer = script.pop(0) if len(script) > 1 else script[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return handler
+
+
+OK_CREATE = ApiReply.json({"taskId": 9})
+PROCESSING = ApiReply.json({"status": "processing"})
+READY = ApiReply.json({"status": "ready", "solution": {"text": "xyz"}})
+
+
+@pytest.mark.anyio
+async def test_async_solve_with_rate_limit_in_virtual_time(secret_key: str) -> None:
+    """A rate-limited poll waits its hint in virtual time, then the solution is returned."""
+    clock = VirtualClock()
+    handler = scripted(
+        [OK_CREATE],
+        [
+            ApiReply.json({"code": 16, "msg": "RATE_LIMITED", "retryAfterSec": 30}),
+            PROCESSING,
+            READY,
+        ],
+    )
+    async with Engine(secret_key, transport=HandlerTransport(handler), clock=clock) as engine:
+        assert await engine.solve(TASK) == {"text": "xyz"}
+    assert clock.now() == pytest.approx(2 + 30 + 2)
+
+
+@pytest.mark.anyio
+async def test_async_permanent_error_raises_with_history(secret_key: str) -> None:
+    """ZERO_BALANCE raises PermanentError after one request, carrying the history."""
+    transport = HandlerTransport(
+        scripted([ApiReply.json({"code": 3, "msg": "ZERO_BALANCE"})], [READY])
+    )
+    engine = Engine(secret_key, transport=transport, clock=VirtualClock())
+    with pytest.raises(PermanentError) as caught:
+        await engine.solve(TASK)
+    assert caught.value.name == "ZERO_BALANCE" and caught.value.code == 3
+    assert [m.dest for m in caught.value.history] == ["failed"]
+    assert transport.requests_sent == 1
+
+
+@pytest.mark.anyio
+async def test_run_returns_finished_job(secret_key: str) -> None:
+    """`Engine.run` returns the finished job with its history instead of raising."""
+    transport = HandlerTransport(scripted([NotSent("refused")], [READY]))
+    engine = Engine(secret_key, transport=transport, clock=VirtualClock(), policy=NoRetry())
+    job = await engine.run(TASK)
+    assert job.state == TaskState.FAILED
+    assert isinstance(job.error, ConnectionFailedError)
+
+
+@pytest.mark.anyio
+async def test_misbehaving_transport_is_an_ambiguous_failure(secret_key: str) -> None:
+    """A transport raising a non-transport exception fails the job as NO_REPLY, typed."""
+    transport = HandlerTransport(scripted([RuntimeError("oops")], [READY]))
+    engine = Engine(secret_key, transport=transport, clock=VirtualClock(), policy=NoRetry())
+    with pytest.raises(NoReplyError, match="oops"):
+        await engine.solve(TASK)
+
+
+@pytest.mark.anyio
+async def test_cancellation_moves_job_to_cancelled(secret_key: str) -> None:
+    """Cancelling the driver's scope leaves the job cancelled, not live."""
+    engine = Engine(
+        secret_key,
+        transport=HandlerTransport(scripted([OK_CREATE], [PROCESSING])),
+        poll_schedule=FixedInterval(interval=0.01),
+    )
+    job = engine.job(TASK, timeout=60)
+    with anyio.move_on_after(0.05):
+        await drive(job, engine.transport, engine.clock)
+    assert job.state == TaskState.CANCELLED
+    assert job.history[-1].trigger == "cancel"
+
+
+@pytest.mark.anyio
+async def test_on_move_hook_sees_every_move_once(secret_key: str) -> None:
+    """The hook is called once per history entry, in order."""
+    seen: list[Move] = []
+    engine = Engine(
+        secret_key,
+        transport=HandlerTransport(scripted([OK_CREATE], [PROCESSING, READY])),
+        clock=VirtualClock(),
+        on_move=lambda job, move: seen.append(move),
+    )
+    job = await engine.run(TASK)
+    assert seen == job.history
+    assert len(seen) == 2
+
+
+@pytest.mark.anyio
+async def test_default_hook_logs_moves_without_key(
+    secret_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default hook logs one DEBUG record per move, never with the key."""
+    caplog.set_level(logging.DEBUG, logger="captchaflow")
+    engine = Engine(
+        secret_key,
+        transport=HandlerTransport(scripted([OK_CREATE], [READY])),
+        clock=VirtualClock(),
+    )
+    await engine.solve(TASK)
+    messages = [r.getMessage() for r in caplog.records if r.name == "captchaflow"]
+    assert messages == [
+        "task 9: submitted -> polling [accept] task 9 accepted",
+        "task 9: polling -> ready [solve] solved after 1 polls",
+    ]
+    assert all(secret_key not in m for m in messages)
+
+
+@pytest.mark.anyio
+async def test_per_call_overrides(secret_key: str) -> None:
+    """Per-call timeout, policy and poll schedule override the engine's defaults."""
+    clock = VirtualClock()
+    engine = Engine(
+        secret_key,
+        transport=HandlerTransport(scripted([OK_CREATE], [PROCESSING])),
+        clock=clock,
+        timeout=500,
+    )
+    job = await engine.run(TASK, timeout=7, poll_schedule=FixedInterval(interval=1))
+    assert job.state == TaskState.FAILED
+    assert clock.now() == pytest.approx(7)
+    assert job.polls == 6
+
+
+@pytest.mark.anyio
+async def test_invalid_task_raises_before_sending(secret_key: str) -> None:
+    """An invalid task raises InvalidTaskError and sends nothing."""
+    transport = HandlerTransport(scripted([OK_CREATE], [READY]))
+    engine = Engine(secret_key, transport=transport, clock=VirtualClock())
+    with pytest.raises(InvalidTaskError):
+        await engine.solve({"body": "no type"})
+    assert transport.requests_sent == 0
+
+
+def test_sync_solve(secret_key: str) -> None:
+    """The sync facade solves a task (real clock; first poll after a short interval)."""
+    solution = solve(
+        TASK,
+        key=secret_key,
+        transport=HandlerTransport(scripted([OK_CREATE], [READY])),
+        poll_schedule=FixedInterval(interval=0.01),
+    )
+    assert solution == {"text": "xyz"}
+
+
+def test_sync_solve_under_trio(secret_key: str) -> None:
+    """The sync facade runs on trio too."""
+    solution = solve(
+        TASK,
+        key=secret_key,
+        transport=HandlerTransport(scripted([OK_CREATE], [READY])),
+        poll_schedule=FixedInterval(interval=0.01),
+        backend="trio",
+    )
+    assert solution == {"text": "xyz"}
+
+
+def test_sync_solve_raises_typed_error(secret_key: str) -> None:
+    """The sync facade raises the job's typed error."""
+    with pytest.raises(PermanentError, match="KEY_DOES_NOT_EXIST"):
+        solve(
+            TASK,
+            key=secret_key,
+            transport=HandlerTransport(scripted([ApiReply.json({"code": 1})], [READY])),
+            policy=DocumentedPolicy(),
+        )
+
+
+@pytest.mark.parametrize("timeout", [0, -5, float("nan"), float("inf")])
+def test_engine_rejects_bad_timeout(secret_key: str, timeout: float) -> None:
+    """An engine timeout that is not positive and finite raises ValueError."""
+    with pytest.raises(ValueError, match="timeout"):
+        Engine(
+            secret_key, transport=HandlerTransport(scripted([OK_CREATE], [READY])), timeout=timeout
+        )
+
+
+def test_engine_repr_hides_key(secret_key: str) -> None:
+    """Neither the engine's repr nor its job's shows the key."""
+    engine = Engine(secret_key, transport=HandlerTransport(scripted([OK_CREATE], [READY])))
+    job = engine.job(TASK)
+    for text in (repr(engine), repr(job), repr(job.key), str(job.key), f"{job.key}"):
+        assert secret_key not in text

@@ -1,0 +1,161 @@
+"""The task state machine: equal to specs/task-fsm.json, every legal move works, every
+illegal move raises, and jobs share one machine."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pathlib
+import sys
+
+import pytest
+from captchaflow.engine import (
+    TERMINAL_STATES,
+    TRANSITIONS,
+    IllegalTransitionError,
+    TaskState,
+    fire,
+    machine_dot,
+    machine_table,
+)
+from captchaflow.engine import _fsm as fsm_module
+
+SPEC = json.loads((pathlib.Path(__file__).parents[1] / "specs" / "task-fsm.json").read_text())
+
+
+def spec_table() -> dict[str, dict[str, str]]:
+    """The spec's transitions as `{trigger: {source: dest}}`."""
+    return {t["trigger"]: dict.fromkeys(t["source"], t["dest"]) for t in SPEC["transitions"]}
+
+
+class Model:
+    """The least a job needs to be moved by the machine."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+def test_states_match_spec() -> None:
+    """The code's states, initial and terminal states are exactly the spec's."""
+    assert [s.value for s in TaskState] == SPEC["states"]
+    assert fsm_module.INITIAL_STATE.value == SPEC["initial"]
+    assert sorted(s.value for s in TERMINAL_STATES) == sorted(SPEC["terminal"])
+    assert fsm_module._MACHINE.initial == SPEC["initial"]
+    assert sorted(fsm_module._MACHINE.states) == sorted(SPEC["states"])
+
+
+def test_live_machine_matches_spec() -> None:
+    """The transitions read back out of the live `transitions.Machine` equal the spec's."""
+    assert machine_table() == spec_table()
+
+
+def test_table_data_matches_spec() -> None:
+    """The data table handed to the machine equals the spec, meanings included."""
+    assert [
+        {
+            "trigger": e.trigger,
+            "source": [s.value for s in e.sources],
+            "dest": e.dest.value,
+            "meaning": e.meaning,
+        }
+        for e in TRANSITIONS
+    ] == SPEC["transitions"]
+
+
+def test_spec_comparison_catches_drift(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutant check: a machine with one extra edge no longer equals the spec."""
+    original = fsm_module._MACHINE
+    mutant = type(original)(
+        model=None,
+        states=list(original.states),
+        transitions=[
+            *(
+                {"trigger": t, "source": list(m), "dest": next(iter(m.values()))}
+                for t, m in machine_table().items()
+            ),
+            {"trigger": "solve", "source": "backoff", "dest": "ready"},
+        ],
+        initial=original.initial,
+        auto_transitions=False,
+    )
+    monkeypatch.setattr(fsm_module, "_MACHINE", mutant)
+    assert machine_table() != spec_table()
+
+
+def test_terminal_states_have_no_way_out() -> None:
+    """No transition leaves ready, failed or cancelled."""
+    for moves in machine_table().values():
+        assert not set(moves) & {s.value for s in TERMINAL_STATES}
+
+
+def test_every_state_reachable_from_initial() -> None:
+    """Every state can be reached from `submitted` along the spec's edges."""
+    reached = {SPEC["initial"]}
+    frontier = [SPEC["initial"]]
+    while frontier:
+        here = frontier.pop()
+        for moves in spec_table().values():
+            there = moves.get(here)
+            if there is not None and there not in reached:
+                reached.add(there)
+                frontier.append(there)
+    assert reached == set(SPEC["states"])
+
+
+@pytest.mark.parametrize(
+    ("trigger", "source", "dest"),
+    [(t, s, d) for t, moves in spec_table().items() for s, d in moves.items()],
+)
+def test_every_legal_move(trigger: str, source: str, dest: str) -> None:
+    """Each edge of the spec moves a model from its source to its destination."""
+    model = Model(source)
+    fire(model, trigger)
+    assert model.state == dest
+
+
+ILLEGAL = [
+    (trigger, state.value)
+    for trigger, state in itertools.product(spec_table(), TaskState)
+    if state.value not in spec_table()[trigger]
+]
+
+
+@pytest.mark.parametrize(("trigger", "state"), ILLEGAL)
+def test_every_illegal_move_raises(trigger: str, state: str) -> None:
+    """Every (trigger, state) pair without an edge raises and leaves the state unchanged."""
+    model = Model(state)
+    with pytest.raises(IllegalTransitionError) as caught:
+        fire(model, trigger)
+    assert model.state == state
+    assert caught.value.trigger == trigger
+    assert caught.value.state == state
+    assert trigger in str(caught.value)
+    assert state in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_unknown_trigger_raises() -> None:
+    """A trigger the machine does not know raises the same typed error."""
+    model = Model("submitted")
+    with pytest.raises(IllegalTransitionError, match="unknown event 'teleport'"):
+        fire(model, "teleport")
+
+
+def test_jobs_share_one_machine_and_carry_no_triggers() -> None:
+    """Models stay plain: the machine adds no per-model methods or references."""
+    model = Model("submitted")
+    fire(model, "accept")
+    assert not hasattr(model, "accept")
+    assert not hasattr(model, "trigger")
+    assert fsm_module._MACHINE.models == []
+    assert sys.getsizeof(model) < 64
+
+
+def test_dot_drawn_from_machine() -> None:
+    """The Graphviz drawing has one edge per (source, trigger) of the live machine."""
+    dot = machine_dot()
+    edges = [line for line in dot.splitlines() if "label=" in line]
+    assert len(edges) == sum(len(m) for m in machine_table().values())
+    assert '"submitted" -> "polling" [label="accept"];' in dot

@@ -1,0 +1,535 @@
+"""The sans-IO job, driven by hand: no transport, no event loop, no clock but numbers."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable
+
+import attrs
+import pytest
+from captchaflow.engine import (
+    Accepted,
+    BadRequestError,
+    CaptchaflowError,
+    ConnectionFailedError,
+    DeadlineExceededError,
+    Finished,
+    HttpStatusError,
+    InvalidTaskError,
+    Job,
+    JobCancelledError,
+    JobStateError,
+    MalformedReplyError,
+    NoReplyError,
+    Outcome,
+    PermanentError,
+    PolicyError,
+    Processing,
+    RetriesExhaustedError,
+    Send,
+    Solved,
+    TaskState,
+    UnknownCodeError,
+    UnsolvableError,
+    Wait,
+    error_class_for,
+)
+from captchaflow.engine import _job as job_module
+from captchaflow.policies import (
+    Bucket,
+    Decision,
+    DocumentedPolicy,
+    Failure,
+    FixedInterval,
+    GiveUp,
+    NoRetry,
+    PollSchedule,
+    Resubmit,
+    RetryAfter,
+    RetryContext,
+    RetryPolicy,
+)
+from captchaflow.transports import ApiKey, Endpoint
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+KEY = ApiKey("sk-job-test-SECRET")
+TASK = {"type": "ImageToTextTask", "body": "aGVsbG8="}
+SPEC = json.loads((pathlib.Path(__file__).parents[1] / "specs" / "task-fsm.json").read_text())
+EDGES = {(s, t["trigger"], t["dest"]) for t in SPEC["transitions"] for s in t["source"]}
+
+
+def new_job(
+    policy: RetryPolicy | None = None,
+    schedule: PollSchedule | None = None,
+    timeout: float = 120.0,
+    now: float = 0.0,
+) -> Job:
+    """A job on the test key with the given policy (default: documented, seeded)."""
+    import random
+
+    return Job(
+        TASK,
+        key=KEY,
+        policy=policy or DocumentedPolicy(rng=random.Random(1)),
+        schedule=schedule or FixedInterval(),
+        now=now,
+        timeout=timeout,
+    )
+
+
+def fail(bucket: Bucket, endpoint: Endpoint, *, code: int | None = None, **kw: object) -> Failure:
+    """A failure of `bucket` on `endpoint`."""
+    return Failure(
+        bucket, kw.pop("name", bucket.name), str(kw.pop("message", "m")), endpoint, code=code, **kw
+    )  # type: ignore[arg-type]
+
+
+def send(job: Job, now: float) -> Send:
+    """Assert the job wants to send now and return the action."""
+    action = job.next_action(now)
+    assert isinstance(action, Send), action
+    return action
+
+
+def test_happy_path() -> None:
+    """create -> accepted -> wait 2 s -> processing -> wait -> solved, with its history."""
+    job = new_job()
+    first = send(job, 0.0)
+    assert first.request.endpoint is Endpoint.CREATE_TASK
+    assert first.request.params == {"task": TASK}
+    job.feed(Accepted(42), 0.1)
+    assert job.next_action(0.1) == Wait(2.1)
+    poll = send(job, 2.1)
+    assert poll.request.params == {"taskId": 42}
+    job.feed(Processing(), 2.2)
+    assert job.next_action(3.0) == Wait(4.2)
+    send(job, 4.2)
+    job.feed(Solved({"text": "abc"}), 4.3)
+    assert job.next_action(5.0) == Finished()
+    assert job.state == TaskState.READY
+    assert job.result() == {"text": "abc"}
+    assert [(m.source, m.trigger, m.dest) for m in job.history] == [
+        ("submitted", "accept", "polling"),
+        ("polling", "solve", "ready"),
+    ]
+    assert job.requests_sent == 3 and job.polls == 2
+
+
+def test_string_task_id_sent_back_unchanged() -> None:
+    """A string task id is polled with exactly that string."""
+    job = new_job()
+    send(job, 0)
+    job.feed(Accepted("t-1"), 0)
+    assert send(job, 2).request.params == {"taskId": "t-1"}
+
+
+class HintBlind:
+    """A policy that ignores server hints and always retries after 0.1 s."""
+
+    def decide(self, failure: Failure, context: RetryContext) -> Decision:
+        """Retry after 0.1 s, whatever the hint."""
+        return RetryAfter(0.1)
+
+
+def test_server_hint_is_a_floor_whatever_the_policy() -> None:
+    """A policy that asks for 0.1 s still waits the server's 5 s hint."""
+    job = new_job(policy=HintBlind())
+    send(job, 0)
+    job.feed(fail(Bucket.RETRYABLE, Endpoint.CREATE_TASK, code=16, retry_after=5.0), 1.0)
+    assert job.state == TaskState.BACKOFF
+    assert job.next_action(1.1) == Wait(6.0)
+    assert send(job, 6.0).request.endpoint is Endpoint.CREATE_TASK
+    assert job.history[-1].trigger == "retry_submit"
+
+
+def test_hint_past_deadline_fails_at_once_with_that_error() -> None:
+    """DAILY_LIMIT_EXCEEDED with a day-long hint fails the job at once with that error."""
+    job = new_job(timeout=30)
+    send(job, 0)
+    job.feed(
+        fail(
+            Bucket.RETRYABLE,
+            Endpoint.CREATE_TASK,
+            code=17,
+            name="DAILY_LIMIT_EXCEEDED",
+            retry_after=86400.0,
+        ),
+        0.5,
+    )
+    assert job.state == TaskState.FAILED
+    assert isinstance(job.error, RetriesExhaustedError)
+    assert job.error.name == "DAILY_LIMIT_EXCEEDED" and job.error.code == 17
+    assert "deadline" in job.error.reason
+    assert job.next_action(0.5) == Finished()
+
+
+def test_engine_refuses_a_policy_wait_past_the_deadline() -> None:
+    """A policy that asks to wait past the deadline gets the job failed instead."""
+
+    class Sleepy:
+        def decide(self, failure: Failure, context: RetryContext) -> Decision:
+            return RetryAfter(1000.0)
+
+    job = new_job(policy=Sleepy(), timeout=10)
+    send(job, 0)
+    job.feed(fail(Bucket.NOT_SENT, Endpoint.CREATE_TASK), 0)
+    assert isinstance(job.error, ConnectionFailedError)
+
+
+def test_polls_never_wait_past_the_deadline_then_fail() -> None:
+    """The last wait ends at the deadline and the job then fails DEADLINE_EXCEEDED."""
+    job = new_job(timeout=5, schedule=FixedInterval(interval=3))
+    send(job, 0)
+    job.feed(Accepted(1), 0)
+    send(job, 3)
+    job.feed(Processing(), 3)
+    assert job.next_action(3) == Wait(5.0)
+    assert job.next_action(5.0) == Finished()
+    assert isinstance(job.error, DeadlineExceededError)
+    assert job.error.task_id == 1
+    assert job.history[-1].cause == "deadline passed"
+
+
+def test_solution_after_deadline_is_kept() -> None:
+    """A solution arriving after the deadline is kept: it has been paid for."""
+    job = new_job(timeout=5)
+    send(job, 0)
+    job.feed(Accepted(1), 0)
+    send(job, 2)
+    job.feed(Solved({"t": 1}), 9.0)
+    assert job.state == TaskState.READY
+
+
+def test_unsolvable_resubmits_as_new_task() -> None:
+    """Code 12 on a poll creates the task anew (new createTask), up to 3 times, then fails."""
+    job = new_job()
+    t = 0.0
+    for n in range(4):
+        assert send(job, t).request.endpoint is Endpoint.CREATE_TASK
+        job.feed(Accepted(n), t)
+        t += 2
+        send(job, t)
+        job.feed(fail(Bucket.UNSOLVABLE, Endpoint.GET_TASK_RESULT, code=12), t)
+        if n < 3:
+            assert job.state == TaskState.BACKOFF and job.task_id is None
+    assert isinstance(job.error, UnsolvableError)
+    assert job.resubmits == 3
+    triggers = [m.trigger for m in job.history]
+    assert triggers.count("retry_submit") == 3 and triggers[-1] == "fail"
+
+
+@pytest.mark.parametrize("code", [1, 3, 14, 15])
+def test_permanent_failure_no_retry(code: int) -> None:
+    """A permanent code fails the job after one request, with PermanentError."""
+    job = new_job()
+    send(job, 0)
+    job.feed(fail(Bucket.PERMANENT, Endpoint.CREATE_TASK, code=code), 0)
+    assert isinstance(job.error, PermanentError) and job.error.code == code
+    assert job.next_action(100) == Finished()
+    assert job.requests_sent == 1
+
+
+def test_attempts_bounded_then_gives_up() -> None:
+    """Six failed attempts of the same request, then RetriesExhaustedError."""
+    job = new_job()
+    t = 0.0
+    for _ in range(6):
+        send(job, t)
+        job.feed(fail(Bucket.RETRYABLE, Endpoint.CREATE_TASK, code=2), t)
+        action = job.next_action(t)
+        if isinstance(action, Wait):
+            t = action.until
+    assert isinstance(job.error, RetriesExhaustedError)
+    assert job.requests_sent == 6
+
+
+def test_success_resets_attempts() -> None:
+    """A successful poll resets the attempt count of the next failures."""
+    job = new_job(policy=DocumentedPolicy(max_attempts=2))
+    send(job, 0)
+    job.feed(Accepted(1), 0)
+    t = 2.0
+    for _ in range(3):
+        send(job, t)
+        job.feed(fail(Bucket.TRANSIENT_HTTP, Endpoint.GET_TASK_RESULT, http_status=503), t)
+        action = job.next_action(t)
+        assert isinstance(action, Wait)
+        t = action.until
+        send(job, t)
+        job.feed(Processing(), t)
+        t += 2
+    assert job.state == TaskState.POLLING
+
+
+def test_cancel() -> None:
+    """Cancel moves a live job to cancelled with JobCancelledError; a finished job stays."""
+    job = new_job()
+    send(job, 0)
+    assert job.cancel(1.0)
+    assert job.state == TaskState.CANCELLED
+    assert isinstance(job.error, JobCancelledError)
+    assert not job.cancel(2.0)
+    with pytest.raises(JobCancelledError):
+        job.result()
+
+
+def test_driver_misuse_raises_job_state_error() -> None:
+    """Feeding without a request, asking while a reply is due, wrong outcome types raise."""
+    job = new_job()
+    with pytest.raises(JobStateError):
+        job.feed(Processing(), 0)
+    send(job, 0)
+    with pytest.raises(JobStateError):
+        job.next_action(0)
+    with pytest.raises(JobStateError):
+        job.feed(Solved({}), 0)  # a createTask cannot be answered with a solution
+    job.feed(Accepted(1), 0)  # the job is still waiting for a proper reply
+    assert job.state == TaskState.POLLING
+    with pytest.raises(JobStateError):
+        new_job().result()
+
+
+class Raising:
+    """A policy that raises."""
+
+    def decide(self, failure: Failure, context: RetryContext) -> Decision:
+        """Raise."""
+        raise RuntimeError("boom")
+
+
+class Garbage:
+    """A policy that answers something that is not a decision."""
+
+    def decide(self, failure: Failure, context: RetryContext) -> Decision:
+        """Answer a string."""
+        return "retry please"  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("policy", [Raising(), Garbage()])
+def test_broken_policy_fails_job_with_policy_error(policy: RetryPolicy) -> None:
+    """A policy that raises or answers garbage fails the job with PolicyError."""
+    job = new_job(policy=policy)
+    send(job, 0)
+    job.feed(fail(Bucket.NOT_SENT, Endpoint.CREATE_TASK), 0)
+    assert isinstance(job.error, PolicyError)
+    assert job.state == TaskState.FAILED
+
+
+@pytest.mark.parametrize("delay", [-1.0, float("nan"), float("inf")])
+def test_broken_poll_schedule_fails_job_with_policy_error(delay: float) -> None:
+    """A poll schedule answering a negative, NaN or infinite delay fails the job."""
+
+    @attrs.define
+    class Bad:
+        def delay_before_poll(self, poll: int) -> float:
+            return delay
+
+    job = new_job(schedule=Bad())
+    send(job, 0)
+    job.feed(Accepted(1), 0)
+    assert isinstance(job.error, PolicyError)
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        None,
+        [],
+        "x",
+        {},
+        {"type": ""},
+        {"type": 3},
+        {"type": "T", "x": {1, 2}},
+        {"type": "T", "x": float("nan")},
+    ],
+)
+def test_invalid_task_rejected_before_anything_is_sent(task: object) -> None:
+    """A task that is not a JSON object with a string type raises InvalidTaskError."""
+    with pytest.raises(InvalidTaskError) as caught:
+        Job(task, key=KEY, policy=NoRetry(), schedule=FixedInterval(), now=0, timeout=1)  # type: ignore[arg-type]
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+def test_invalid_timeout_rejected(timeout: float) -> None:
+    """A timeout that is not a positive finite number raises ValueError."""
+    with pytest.raises(ValueError, match="timeout"):
+        new_job(timeout=timeout)
+
+
+def test_key_echoed_by_server_is_redacted() -> None:
+    """A server message that echoes the key is stored redacted in history and error."""
+    job = new_job()
+    send(job, 0)
+    job.feed(
+        fail(
+            Bucket.PERMANENT,
+            Endpoint.CREATE_TASK,
+            code=1,
+            message=f"key {KEY.reveal()} does not exist",
+        ),
+        0,
+    )
+    assert job.error is not None
+    texts = [str(job.error), repr(job.error), job.error.message, repr(job.history), repr(job)]
+    assert all(KEY.reveal() not in t for t in texts)
+    assert "***" in job.error.message
+
+
+@pytest.mark.parametrize(
+    ("bucket", "cls", "exit_code"),
+    [
+        (Bucket.PERMANENT, PermanentError, 3),
+        (Bucket.BAD_REQUEST, BadRequestError, 4),
+        (Bucket.UNSOLVABLE, UnsolvableError, 5),
+        (Bucket.RETRYABLE, RetriesExhaustedError, 6),
+        (Bucket.UNKNOWN_CODE, UnknownCodeError, 6),
+        (Bucket.TRANSIENT_HTTP, HttpStatusError, 6),
+        (Bucket.UNEXPECTED_HTTP, HttpStatusError, 6),
+        (Bucket.MALFORMED, MalformedReplyError, 6),
+        (Bucket.NOT_SENT, ConnectionFailedError, 6),
+        (Bucket.AMBIGUOUS, NoReplyError, 6),
+    ],
+)
+def test_each_bucket_has_its_error_class(
+    bucket: Bucket, cls: type[CaptchaflowError], exit_code: int
+) -> None:
+    """Giving up on a bucket raises its class, carrying code, name, history and exit code."""
+    assert error_class_for(bucket) is cls
+    job = new_job(policy=NoRetry())
+    send(job, 0)
+    job.feed(fail(bucket, Endpoint.CREATE_TASK, code=7), 0)
+    error = job.error
+    assert type(error) is cls and error.exit_code == exit_code
+    assert error.code == 7 and error.name == bucket.name
+    assert error.history and error.history[-1].dest == "failed"
+    assert error.summary().startswith(f"{bucket.name} (7): ")
+
+
+# --- properties ----------------------------------------------------------------------------
+
+FAILURE_BUCKETS = st.sampled_from(list(Bucket))
+
+
+@st.composite
+def outcomes(draw: st.DrawFn, endpoint: Endpoint) -> Outcome:
+    """Any outcome a request on `endpoint` can come back with."""
+    hint = draw(st.none() | st.floats(0, 300))
+    failure = st.builds(
+        Failure,
+        FAILURE_BUCKETS,
+        st.just("X"),
+        st.just("m"),
+        st.just(endpoint),
+        code=st.none() | st.integers(0, 30),
+        retry_after=st.just(hint),
+    )
+    if endpoint is Endpoint.CREATE_TASK:
+        return draw(st.builds(Accepted, st.integers(1, 10**6)) | failure)
+    return draw(st.just(Processing()) | st.builds(Solved, st.just({"text": "ok"})) | failure)
+
+
+POLICIES = st.sampled_from(["documented", "hint-blind", "no-retry"])
+
+
+def make_policy(name: str) -> RetryPolicy:
+    """A policy by name (hypothesis-friendly)."""
+    import random
+
+    return {
+        "documented": lambda: DocumentedPolicy(rng=random.Random(0)),
+        "hint-blind": HintBlind,
+        "no-retry": NoRetry,
+    }[name]()
+
+
+def run_random_job(
+    data: st.DataObject, policy: RetryPolicy, timeout: float
+) -> tuple[Job, list[tuple[float, Endpoint]], list[tuple[float, float | None]]]:
+    """Drive a job with random outcomes and latencies; return it, its sends and its hints."""
+    job = new_job(policy=policy, timeout=timeout)
+    now = 0.0
+    sends: list[tuple[float, Endpoint]] = []
+    replies: list[tuple[float, float | None]] = []
+    while True:
+        action = job.next_action(now)
+        if isinstance(action, Finished):
+            break
+        if isinstance(action, Wait):
+            assert action.until <= job.deadline
+            now = max(now, action.until)
+            continue
+        sends.append((now, action.request.endpoint))
+        outcome = data.draw(outcomes(action.request.endpoint))
+        now += data.draw(st.floats(0, 3))
+        replies.append((now, outcome.retry_after if isinstance(outcome, Failure) else None))
+        job.feed(outcome, now)
+    return job, sends, replies
+
+
+@given(data=st.data(), policy=POLICIES, timeout=st.floats(1, 60))
+def test_property_every_move_is_a_spec_edge_and_job_terminates(
+    data: st.DataObject, policy: str, timeout: float
+) -> None:
+    """Whatever the replies, every move is an edge of the spec and the job ends in exactly
+    one terminal state with either a solution or an error, and sends nothing after."""
+    job, _sends, _ = run_random_job(data, make_policy(policy), timeout)
+    assert job.finished
+    assert all((m.source, m.trigger, m.dest) in EDGES for m in job.history)
+    assert sum(m.dest in SPEC["terminal"] for m in job.history) == 1
+    assert (job.solution is None) != (job.error is None)
+    assert job.next_action(10**9) == Finished()
+
+
+def hints_respected(data: st.DataObject, policy: str) -> None:
+    """After a reply carrying a hint at time t, the job sends nothing before t + hint."""
+    _, sends, replies = run_random_job(data, make_policy(policy), 60)
+    for (replied_at, hint), (sent_at, _) in zip(replies, sends[1:], strict=False):
+        if hint is not None:
+            assert sent_at >= replied_at + hint
+
+
+@given(data=st.data(), policy=POLICIES)
+def test_property_server_hint_respected(data: st.DataObject, policy: str) -> None:
+    """No request follows a hinted reply before the hint has passed, for any policy."""
+    hints_respected(data, policy)
+
+
+def test_mutant_job_ignoring_hints_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutant check: a job whose hint floor is removed fails the hint property."""
+    monkeypatch.setattr(job_module, "max", lambda a, b: a, raising=False)
+    prop: Callable[[], None] = settings(phases=[Phase.generate], database=None)(
+        given(data=st.data())(lambda data: hints_respected(data, "hint-blind"))
+    )
+    with pytest.raises(AssertionError):
+        prop()
+
+
+def test_give_up_decision_fails_job() -> None:
+    """GiveUp fails the job with the failure's class and the policy's reason."""
+
+    class Quit:
+        def decide(self, failure: Failure, context: RetryContext) -> Decision:
+            return GiveUp("enough")
+
+    job = new_job(policy=Quit())
+    send(job, 0)
+    job.feed(fail(Bucket.AMBIGUOUS, Endpoint.CREATE_TASK), 0)
+    assert isinstance(job.error, NoReplyError) and job.error.reason == "enough"
+
+
+def test_resubmit_from_submitted_recreates() -> None:
+    """A Resubmit decision on a createTask failure sends createTask again after the delay."""
+
+    class Again:
+        def decide(self, failure: Failure, context: RetryContext) -> Decision:
+            return Resubmit(1.0)
+
+    job = new_job(policy=Again())
+    send(job, 0)
+    job.feed(fail(Bucket.UNSOLVABLE, Endpoint.CREATE_TASK, code=12), 0)
+    assert job.next_action(0.5) == Wait(1.0)
+    assert send(job, 1.0).request.endpoint is Endpoint.CREATE_TASK
+    assert job.resubmits == 1
