@@ -32,6 +32,7 @@ from typing import Final, TypeAlias, TypeGuard
 import attrs
 from captchaflow.policies import CODE_TABLE, Bucket, Failure, bucket_of_code
 from captchaflow.transports import (
+    ApiKey,
     ApiReply,
     BadReply,
     Endpoint,
@@ -74,23 +75,32 @@ PROCESSING: Final = Processing()
 
 
 def classify(
-    endpoint: Endpoint, result: ApiReply | TransportError, *, wall_time: float | None = None
+    endpoint: Endpoint,
+    result: ApiReply | TransportError,
+    *,
+    wall_time: float | None = None,
+    secret: ApiKey | None = None,
 ) -> Outcome:
     """Classify one exchange on `endpoint`; never raises.
 
     `wall_time` (seconds since the epoch) is only used to turn a `Retry-After` HTTP-date into
-    a delay when the reply carries no `Date` header of its own.
+    a delay when the reply carries no `Date` header of its own. Every text taken from the
+    reply is redacted of `secret` (before it is shortened, so no part of it survives).
     """
     try:
         if isinstance(result, TransportError):
-            return _classify_transport_error(endpoint, result)
-        return _classify_reply(endpoint, result, wall_time)
+            return _classify_transport_error(endpoint, result, secret)
+        return _classify_reply(endpoint, result, wall_time, secret)
     except Exception as exc:  # pragma: no cover - a bug here must not kill a job
-        return Failure(Bucket.MALFORMED, "UNCLASSIFIABLE_REPLY", _one_line(repr(exc)), endpoint)
+        return Failure(
+            Bucket.MALFORMED, "UNCLASSIFIABLE_REPLY", _clean(repr(exc), secret), endpoint
+        )
 
 
-def _classify_transport_error(endpoint: Endpoint, error: TransportError) -> Failure:
-    message = _one_line(str(error)) or type(error).__name__
+def _classify_transport_error(
+    endpoint: Endpoint, error: TransportError, secret: ApiKey | None
+) -> Failure:
+    message = _clean(str(error), secret) or type(error).__name__
     if isinstance(error, NotSent):
         return Failure(Bucket.NOT_SENT, "NOT_SENT", message, endpoint)
     if isinstance(error, BadReply):
@@ -98,7 +108,9 @@ def _classify_transport_error(endpoint: Endpoint, error: TransportError) -> Fail
     return Failure(Bucket.AMBIGUOUS, "NO_REPLY", message, endpoint)
 
 
-def _classify_reply(endpoint: Endpoint, reply: ApiReply, wall_time: float | None) -> Outcome:
+def _classify_reply(
+    endpoint: Endpoint, reply: ApiReply, wall_time: float | None, secret: ApiKey | None
+) -> Outcome:
     status = reply.status
     header_hint = parse_retry_after(
         reply.headers.get("retry-after"), reply.headers.get("date"), wall_time
@@ -112,7 +124,7 @@ def _classify_reply(endpoint: Endpoint, reply: ApiReply, wall_time: float | None
                 endpoint, status, f"error code is not an integer: {payload['code']!r}"
             )
         if code != 0:
-            return _api_error(endpoint, status, code, payload, header_hint)
+            return _api_error(endpoint, status, code, payload, header_hint, secret)
 
     if not 200 <= status < 300:
         transient = status in _TRANSIENT_STATUSES or 500 <= status < 600
@@ -148,7 +160,10 @@ def _classify_reply(endpoint: Endpoint, reply: ApiReply, wall_time: float | None
             return Solved(solution)
         return _malformed(endpoint, status, "ready reply has no solution object")
     return _malformed(
-        endpoint, status, f"unknown task status {_truncate(repr(state))}", name="UNKNOWN_STATUS"
+        endpoint,
+        status,
+        f"unknown task status {_clean(repr(state), secret)}",
+        name="UNKNOWN_STATUS",
     )
 
 
@@ -158,9 +173,10 @@ def _api_error(
     code: int,
     payload: Mapping[str, JsonValue],
     header_hint: float | None,
+    secret: ApiKey | None,
 ) -> Failure:
     raw_msg = payload.get("msg")
-    server_msg = _one_line(raw_msg) if isinstance(raw_msg, str) else ""
+    server_msg = _clean(raw_msg, secret) if isinstance(raw_msg, str) else ""
     info = CODE_TABLE.get(code)
     if info is not None:
         name = ErrorCode(code).name
@@ -274,9 +290,9 @@ def _is_task_id(value: JsonValue) -> TypeGuard[TaskId]:
     return isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable()
 
 
-def _one_line(text: str) -> str:
-    return _truncate(" ".join(text.split()))
-
-
-def _truncate(text: str) -> str:
+def _clean(text: str, secret: ApiKey | None) -> str:
+    """One line, redacted of `secret`, then shortened to `_MAX_MESSAGE` characters."""
+    if secret is not None:
+        text = secret.redact(text)
+    text = " ".join(text.split())
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."

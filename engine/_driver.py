@@ -25,7 +25,7 @@ def log_move(job: Job, move: Move) -> None:
     """The default hook: one DEBUG record per move on the `captchaflow` logger."""
     logger.debug(
         "task %s: %s -> %s [%s] %s",
-        job.task_id if job.task_id is not None else "-",
+        job.key.redact(str(job.task_id)) if job.task_id is not None else "-",
         move.source,
         move.dest,
         move.trigger,
@@ -53,9 +53,9 @@ async def drive(
 
     try:
         while True:
-            report()
             now = clock.now()
             action = job.next_action(now)
+            report()
             if isinstance(action, Finished):
                 break
             if isinstance(action, Wait):
@@ -63,7 +63,9 @@ async def drive(
             else:
                 request = action.request
                 reply = await _send(transport, request, job.deadline - now)
-                job.feed(classify(request.endpoint, reply, wall_time=clock.wall()), clock.now())
+                outcome = classify(request.endpoint, reply, wall_time=clock.wall(), secret=job.key)
+                job.feed(outcome, clock.now())
+                report()
     except BaseException:
         job.cancel(clock.now(), "the driver was cancelled")
         raise

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final, TypeAlias
 
 import attrs
@@ -75,6 +75,9 @@ Action: TypeAlias = Send | Wait | Finished
 
 FINISHED: Final = Finished()
 
+MAX_TASK_DEPTH: Final = 64
+"""Tasks are shallow JSON objects; anything deeper is refused before it is sent."""
+
 
 def validate_task(task: object) -> Mapping[str, JsonValue]:
     """Return `task` if it is a JSON-serialisable object with a non-empty string `type`,
@@ -84,11 +87,32 @@ def validate_task(task: object) -> Mapping[str, JsonValue]:
     kind = task.get("type")
     if not isinstance(kind, str) or not kind:
         raise InvalidTaskError('a task needs a non-empty string "type"')
+    if _depth(task) > MAX_TASK_DEPTH:
+        raise InvalidTaskError(f"the task is nested deeper than {MAX_TASK_DEPTH} levels")
     try:
         json.dumps(task, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidTaskError(f"the task is not serialisable as JSON: {exc}") from None
     return task
+
+
+def _depth(value: object) -> int:
+    """How deeply containers nest in `value` (iterative: no recursion limit to hit)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_TASK_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 class Job:
@@ -167,7 +191,8 @@ class Job:
         raise JobStateError(f"the job is still {self.state}")
 
     def __repr__(self) -> str:
-        return f"<Job {self.state} task_id={self.task_id!r} requests={self.requests_sent}>"
+        task_id = self.key.redact(repr(self.task_id))
+        return f"<Job {self.state} task_id={task_id} requests={self.requests_sent}>"
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -236,7 +261,7 @@ class Job:
     def _move(self, trigger: str, now: float, cause: str) -> None:
         source = self.state
         fire(self, trigger)
-        self.history.append(Move(now, source, self.state, trigger, cause))
+        self.history.append(Move(now, source, self.state, trigger, self.key.redact(cause)))
 
     def _schedule_poll(self, now: float) -> None:
         try:

@@ -180,7 +180,9 @@ def _solve(args: argparse.Namespace) -> int:
         solution = solve(task, key=key, base_url=base_url, timeout=args.timeout)
     except CaptchaflowError as exc:
         return _fail(exc.summary(), exc.exit_code, key)
-    print(json.dumps(solution, ensure_ascii=False, separators=(",", ":")))
+    # ASCII-only JSON prints on any terminal encoding: a paid-for solution is never lost to
+    # a UnicodeEncodeError.
+    print(json.dumps(solution, separators=(",", ":")))
     return 0
 
 
