@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Final, TypeAlias, TypeGuard
 
 import attrs
+
 from captchaflow.policies import CODE_TABLE, Bucket, Failure, bucket_of_code
 from captchaflow.transports import (
     ApiKey,
@@ -87,20 +88,26 @@ def classify(
     a delay when the reply carries no `Date` header of its own. Every text taken from the
     reply is redacted of `secret` (before it is shortened, so no part of it survives).
     """
+    outcome: Outcome
     try:
         if isinstance(result, TransportError):
-            return _classify_transport_error(endpoint, result, secret)
-        return _classify_reply(endpoint, result, wall_time, secret)
+            outcome = _classify_transport_error(endpoint, result)
+        else:
+            outcome = _classify_reply(endpoint, result, wall_time)
     except Exception as exc:  # pragma: no cover - a bug here must not kill a job
-        return Failure(
-            Bucket.MALFORMED, "UNCLASSIFIABLE_REPLY", _clean(repr(exc), secret), endpoint
-        )
+        outcome = Failure(Bucket.MALFORMED, "UNCLASSIFIABLE_REPLY", repr(exc), endpoint)
+    if isinstance(outcome, Failure):
+        # The one place server text is made safe: redacted first, then shortened, so no
+        # fragment of the key can survive a cut.
+        message = _clean(outcome.message, secret) or outcome.name
+        name = secret.redact(outcome.name) if secret is not None else outcome.name
+        if message != outcome.message or name != outcome.name:
+            outcome = attrs.evolve(outcome, message=message, name=name)
+    return outcome
 
 
-def _classify_transport_error(
-    endpoint: Endpoint, error: TransportError, secret: ApiKey | None
-) -> Failure:
-    message = _clean(str(error), secret) or type(error).__name__
+def _classify_transport_error(endpoint: Endpoint, error: TransportError) -> Failure:
+    message = str(error) or type(error).__name__
     if isinstance(error, NotSent):
         return Failure(Bucket.NOT_SENT, "NOT_SENT", message, endpoint)
     if isinstance(error, BadReply):
@@ -108,9 +115,7 @@ def _classify_transport_error(
     return Failure(Bucket.AMBIGUOUS, "NO_REPLY", message, endpoint)
 
 
-def _classify_reply(
-    endpoint: Endpoint, reply: ApiReply, wall_time: float | None, secret: ApiKey | None
-) -> Outcome:
+def _classify_reply(endpoint: Endpoint, reply: ApiReply, wall_time: float | None) -> Outcome:
     status = reply.status
     header_hint = parse_retry_after(
         reply.headers.get("retry-after"), reply.headers.get("date"), wall_time
@@ -124,7 +129,7 @@ def _classify_reply(
                 endpoint, status, f"error code is not an integer: {payload['code']!r}"
             )
         if code != 0:
-            return _api_error(endpoint, status, code, payload, header_hint, secret)
+            return _api_error(endpoint, status, code, payload, header_hint)
 
     if not 200 <= status < 300:
         transient = status in _TRANSIENT_STATUSES or 500 <= status < 600
@@ -162,7 +167,7 @@ def _classify_reply(
     return _malformed(
         endpoint,
         status,
-        f"unknown task status {_clean(repr(state), secret)}",
+        f"unknown task status {state!r}",
         name="UNKNOWN_STATUS",
     )
 
@@ -173,10 +178,9 @@ def _api_error(
     code: int,
     payload: Mapping[str, JsonValue],
     header_hint: float | None,
-    secret: ApiKey | None,
 ) -> Failure:
     raw_msg = payload.get("msg")
-    server_msg = _clean(raw_msg, secret) if isinstance(raw_msg, str) else ""
+    server_msg = " ".join(raw_msg.split()) if isinstance(raw_msg, str) else ""
     info = CODE_TABLE.get(code)
     if info is not None:
         name = ErrorCode(code).name
@@ -225,8 +229,10 @@ def _as_code(value: JsonValue) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit() and len(value) < 10:
-        return int(value)
+    if isinstance(value, str):
+        digits = value.strip()
+        if digits.isascii() and digits.isdigit() and len(digits) < 10:
+            return int(digits)
     return None
 
 

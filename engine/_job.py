@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final, TypeAlias
 
 import attrs
+
 from captchaflow.policies import (
     Failure,
     GiveUp,

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 
 import attrs
+
 from captchaflow.transports import Endpoint, ErrorCode
 
 __all__ = ["CODE_TABLE", "Bucket", "CodeInfo", "Failure", "bucket_of_code"]

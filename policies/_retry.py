@@ -20,6 +20,7 @@ import random
 from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
+
 from captchaflow.transports import Endpoint
 
 from ._failure import Bucket, Failure
@@ -208,7 +209,7 @@ class DocumentedPolicy(BackoffPolicy):
 
 @attrs.define(kw_only=True)
 class FixedDelay(BackoffPolicy):
-    """Waits the same `delay` before every retry (unless the server asks for longer)."""
+    """Waits the same `delay` before every retry; a server hint replaces it."""
 
     delay: float = attrs.field(default=2.0, validator=_non_negative)
 

@@ -340,7 +340,7 @@ def test_key_echoed_in_error_message_is_not_printed() -> None:
     assert len(stub.requests) == 1
 
 
-# -- regressions (found in review) ----------------------------------------------------------------------------
+# -- regressions (found in review) -------------------------------------------------------
 
 
 def test_key_is_not_leaked_in_part_by_a_long_message() -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import anyio
 import pytest
+
 from captchaflow.engine import (
     ConnectionFailedError,
     Engine,

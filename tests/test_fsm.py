@@ -9,6 +9,7 @@ import pathlib
 import sys
 
 import pytest
+
 from captchaflow.engine import (
     TERMINAL_STATES,
     TRANSITIONS,

@@ -8,6 +8,9 @@ from collections.abc import Callable
 
 import attrs
 import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
 from captchaflow.engine import (
     Accepted,
     BadRequestError,
@@ -51,8 +54,6 @@ from captchaflow.policies import (
     RetryPolicy,
 )
 from captchaflow.transports import ApiKey, Endpoint
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
 
 KEY = ApiKey("sk-job-test-SECRET")
 TASK = {"type": "ImageToTextTask", "body": "aGVsbG8="}

@@ -1,0 +1,601 @@
+"""Retry policies and poll schedules: the documented strategy, the backoff built-ins, their
+validators, and the laws every built-in keeps (never retry permanent failures, never wait past
+the deadline, never wait less than the server's hint, bounded attempts, seeded determinism)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import Phase, find, given, settings
+from hypothesis import strategies as st
+from strategies import PolicyRecipe, contexts, failures, policy_recipes
+
+from captchaflow.policies import (
+    CODE_TABLE,
+    NEVER_RETRIED,
+    BackoffPolicy,
+    Bucket,
+    DecorrelatedJitter,
+    DocumentedPolicy,
+    EqualJitter,
+    Exponential,
+    Failure,
+    FixedDelay,
+    FixedInterval,
+    FullJitter,
+    GiveUp,
+    NoRetry,
+    PollSchedule,
+    Resubmit,
+    RetryAfter,
+    RetryContext,
+    RetryPolicy,
+    bucket_of_code,
+)
+from captchaflow.transports import Endpoint, ErrorCode
+
+CREATE, RESULT = Endpoint.CREATE_TASK, Endpoint.GET_TASK_RESULT
+RETRIED_BUCKETS = [
+    Bucket.RETRYABLE,
+    Bucket.TRANSIENT_HTTP,
+    Bucket.MALFORMED,
+    Bucket.NOT_SENT,
+    Bucket.AMBIGUOUS,
+]
+BACKOFF_CLASSES: list[type[BackoffPolicy]] = [
+    DocumentedPolicy,
+    FixedDelay,
+    Exponential,
+    FullJitter,
+    EqualJitter,
+    DecorrelatedJitter,
+]
+SEEDS = range(40)
+
+
+def ctx(
+    attempt: int = 1,
+    resubmits: int = 0,
+    now: float = 1000.0,
+    time_left: float = 1e9,
+    previous_delay: float | None = None,
+) -> RetryContext:
+    """A context `time_left` seconds before the deadline."""
+    return RetryContext(
+        attempt=attempt,
+        resubmits=resubmits,
+        now=now,
+        deadline=now + time_left,
+        previous_delay=previous_delay,
+    )
+
+
+def fail(
+    bucket: Bucket,
+    endpoint: Endpoint = RESULT,
+    retry_after: float | None = None,
+    code: int | None = None,
+) -> Failure:
+    """A failure in `bucket`."""
+    return Failure(bucket, bucket.name, "", endpoint, code=code, retry_after=retry_after)
+
+
+def api_fail(code: int, endpoint: Endpoint = RESULT) -> Failure:
+    """The failure classification makes of documented `code`."""
+    return Failure(bucket_of_code(code), ErrorCode(code).name, "", endpoint, code=code)
+
+
+def delay_of(decision: object) -> float:
+    """The delay of a RetryAfter (anything else fails the test)."""
+    assert isinstance(decision, RetryAfter), decision
+    return decision.delay
+
+
+# --- DocumentedPolicy --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 4, 5])
+def test_documented_backoff_window(attempt: int) -> None:
+    """Without a hint, attempt n waits in [min(2**(n-1), 30), that + 1)."""
+    low = min(2 ** (attempt - 1), 30)
+    for seed in SEEDS:
+        policy = DocumentedPolicy(rng=random.Random(seed))
+        assert low <= delay_of(policy.decide(fail(Bucket.RETRYABLE), ctx(attempt))) < low + 1
+
+
+@given(seed=st.integers(), attempt=st.integers(min_value=1, max_value=5))
+def test_documented_backoff_window_any_seed(seed: int, attempt: int) -> None:
+    """Invariant: for any seed, attempt n waits in [min(2**(n-1), 30), that + 1)."""
+    low = min(2 ** (attempt - 1), 30)
+    policy = DocumentedPolicy(rng=random.Random(seed))
+    assert low <= delay_of(policy.decide(fail(Bucket.RETRYABLE), ctx(attempt))) < low + 1
+
+
+@pytest.mark.parametrize("attempt", [6, 7, 10, 65, 1000])
+def test_documented_backoff_is_capped_at_30(attempt: int) -> None:
+    """Late attempts wait in [30, 31): the exponential is capped at 30 s, without overflow."""
+    policy = DocumentedPolicy(max_attempts=10**6, rng=random.Random(attempt))
+    assert 30 <= delay_of(policy.decide(fail(Bucket.RETRYABLE), ctx(attempt))) < 31
+
+
+def test_documented_jitter_actually_varies() -> None:
+    """The jitter is random: different seeds give different delays for the same attempt."""
+    delays = {
+        delay_of(DocumentedPolicy(rng=random.Random(s)).decide(fail(Bucket.RETRYABLE), ctx()))
+        for s in SEEDS
+    }
+    assert len(delays) > 1
+
+
+@pytest.mark.parametrize("hint", [0.0, 0.25, 7.5, 45.0, 3600.0])
+def test_documented_waits_exactly_the_hint(hint: float) -> None:
+    """With a server hint, the wait is exactly the hint (above or below the backoff)."""
+    policy = DocumentedPolicy(rng=random.Random(1))
+    for attempt in (1, 3, 5):
+        decision = policy.decide(fail(Bucket.RETRYABLE, retry_after=hint), ctx(attempt))
+        assert delay_of(decision) == hint
+
+
+def test_documented_gives_up_at_attempt_6() -> None:
+    """Attempt 5 is retried; attempt 6 (the default max_attempts) gives up, hint or not."""
+    policy = DocumentedPolicy(rng=random.Random(0))
+    assert policy.max_attempts == 6
+    for hint in (None, 1.0):
+        failure = fail(Bucket.RETRYABLE, retry_after=hint)
+        assert isinstance(policy.decide(failure, ctx(attempt=5)), RetryAfter)
+        assert isinstance(policy.decide(failure, ctx(attempt=6)), GiveUp)
+        assert isinstance(policy.decide(failure, ctx(attempt=7)), GiveUp)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        api_fail(1),
+        api_fail(3),
+        api_fail(14),
+        api_fail(15),
+        api_fail(10),
+        fail(Bucket.UNKNOWN_CODE, code=99),
+        fail(Bucket.UNEXPECTED_HTTP),
+        api_fail(1, CREATE),
+        fail(Bucket.UNEXPECTED_HTTP, CREATE, retry_after=1.0),
+    ],
+    ids=lambda f: f"{f.name}-{f.endpoint.name}",
+)
+def test_documented_never_retries_hopeless_failures(failure: Failure) -> None:
+    """Permanent (1, 3, 14, 15), bad request (10), unknown code, unexpected HTTP: GiveUp at once."""
+    assert isinstance(DocumentedPolicy().decide(failure, ctx(attempt=1)), GiveUp)
+
+
+def test_code_table_buckets_are_the_documented_ones() -> None:
+    """Codes 1, 3, 14, 15 are permanent, 10 bad request, 12 unsolvable, the rest retryable."""
+    by_bucket: dict[Bucket, set[int]] = {}
+    for code, info in CODE_TABLE.items():
+        by_bucket.setdefault(info.bucket, set()).add(code)
+    assert by_bucket == {
+        Bucket.PERMANENT: {1, 3, 14, 15},
+        Bucket.BAD_REQUEST: {10},
+        Bucket.UNSOLVABLE: {12},
+        Bucket.RETRYABLE: {2, 16, 17, 18, 21},
+    }
+    assert bucket_of_code(99) is Bucket.UNKNOWN_CODE
+
+
+def test_documented_resubmits_unsolvable_three_times() -> None:
+    """Unsolvable (12) is resubmitted while resubmits < 3, then given up."""
+    policy = DocumentedPolicy()
+    for resubmits in (0, 1, 2):
+        decision = policy.decide(api_fail(12), ctx(resubmits=resubmits))
+        assert isinstance(decision, Resubmit)
+        assert decision.delay == 0.0
+    for resubmits in (3, 4):
+        assert isinstance(policy.decide(api_fail(12), ctx(resubmits=resubmits)), GiveUp)
+
+
+def test_documented_resubmit_delay_is_configurable() -> None:
+    """`resubmit_delay` is the wait before a resubmit."""
+    decision = DocumentedPolicy(resubmit_delay=4.0).decide(api_fail(12), ctx())
+    assert isinstance(decision, Resubmit)
+    assert decision.delay == 4.0
+
+
+@pytest.mark.parametrize("endpoint", list(Endpoint))
+@pytest.mark.parametrize("bucket", RETRIED_BUCKETS)
+def test_documented_retries_transient_failures(bucket: Bucket, endpoint: Endpoint) -> None:
+    """Retryable codes, transient HTTP, malformed, not-sent and ambiguous failures are retried."""
+    assert isinstance(DocumentedPolicy().decide(fail(bucket, endpoint), ctx()), RetryAfter)
+    hinted = DocumentedPolicy().decide(fail(bucket, endpoint, retry_after=3.0), ctx())
+    assert delay_of(hinted) == 3.0
+
+
+def test_ambiguous_create_not_resent_when_disabled() -> None:
+    """With resend_ambiguous_create=False an ambiguous createTask gives up; getTaskResult not."""
+    policy = DocumentedPolicy(resend_ambiguous_create=False)
+    assert isinstance(policy.decide(fail(Bucket.AMBIGUOUS, CREATE), ctx()), GiveUp)
+    assert isinstance(policy.decide(fail(Bucket.AMBIGUOUS, RESULT), ctx()), RetryAfter)
+    assert isinstance(policy.decide(fail(Bucket.NOT_SENT, CREATE), ctx()), RetryAfter)
+    default = DocumentedPolicy()
+    assert isinstance(default.decide(fail(Bucket.AMBIGUOUS, CREATE), ctx()), RetryAfter)
+
+
+@pytest.mark.parametrize(
+    ("failure", "context"),
+    [
+        (fail(Bucket.RETRYABLE, retry_after=86400.0), ctx(time_left=120.0)),
+        (fail(Bucket.RETRYABLE, retry_after=math.inf), ctx(time_left=1e9)),
+        (fail(Bucket.RETRYABLE, retry_after=10.0), ctx(time_left=9.999)),
+        (fail(Bucket.TRANSIENT_HTTP), ctx(attempt=5, time_left=15.9)),
+        (fail(Bucket.NOT_SENT), ctx(attempt=1, time_left=0.5)),
+        (fail(Bucket.MALFORMED), ctx(attempt=1, time_left=0.0)),
+    ],
+    ids=["day-hint", "inf-hint", "hint-just-past", "backoff-16s", "backoff-1s", "no-time"],
+)
+def test_documented_gives_up_rather_than_wait_past_deadline(
+    failure: Failure, context: RetryContext
+) -> None:
+    """A hint or backoff that would end after the deadline gives up at once."""
+    for seed in SEEDS:
+        assert isinstance(
+            DocumentedPolicy(rng=random.Random(seed)).decide(failure, context), GiveUp
+        )
+
+
+def test_documented_may_wait_until_exactly_the_deadline() -> None:
+    """A wait ending exactly at the deadline is allowed."""
+    decision = DocumentedPolicy().decide(
+        fail(Bucket.RETRYABLE, retry_after=10.0), ctx(time_left=10)
+    )
+    assert delay_of(decision) == 10.0
+
+
+def test_documented_resubmit_past_deadline_gives_up() -> None:
+    """A resubmit whose delay would end after the deadline gives up."""
+    policy = DocumentedPolicy(resubmit_delay=60.0)
+    assert isinstance(policy.decide(api_fail(12), ctx(time_left=59.0)), GiveUp)
+    assert isinstance(policy.decide(api_fail(12), ctx(time_left=60.0)), Resubmit)
+
+
+def test_documented_same_seed_same_decisions() -> None:
+    """Two policies seeded with random.Random(7) make the same decisions in the same order."""
+    one, two = DocumentedPolicy(rng=random.Random(7)), DocumentedPolicy(rng=random.Random(7))
+    steps = [(fail(b), ctx(attempt=a)) for a in range(1, 7) for b in RETRIED_BUCKETS]
+    assert [one.decide(*s) for s in steps] == [two.decide(*s) for s in steps]
+    other = DocumentedPolicy(rng=random.Random(8))
+    assert [other.decide(*s) for s in steps] != [one.decide(*s) for s in steps]
+
+
+# --- the other built-ins -------------------------------------------------------------------
+
+
+def test_fixed_delay_waits_the_same_every_time() -> None:
+    """FixedDelay waits `delay` (default 2 s) before every retry."""
+    for attempt in range(1, 6):
+        assert delay_of(FixedDelay().decide(fail(Bucket.RETRYABLE), ctx(attempt))) == 2.0
+        assert delay_of(FixedDelay(delay=0.5).decide(fail(Bucket.MALFORMED), ctx(attempt))) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("base", "cap", "expected"),
+    [(1.0, 30.0, [1, 2, 4, 8, 16, 30, 30, 30]), (0.5, 4.0, [0.5, 1, 2, 4, 4, 4, 4, 4])],
+)
+def test_exponential_doubles_up_to_cap(base: float, cap: float, expected: list[float]) -> None:
+    """Exponential waits min(cap, base * 2**(n-1)), with no jitter."""
+    policy = Exponential(base=base, cap=cap, max_attempts=100)
+    delays = [delay_of(policy.decide(fail(Bucket.RETRYABLE), ctx(n))) for n in range(1, 9)]
+    assert delays == expected
+
+
+def test_exponential_huge_attempt_is_capped_without_overflow() -> None:
+    """A very late attempt waits the cap (no OverflowError from 2**n)."""
+    policy = Exponential(max_attempts=10**9)
+    assert delay_of(policy.decide(fail(Bucket.RETRYABLE), ctx(attempt=10**8))) == 30.0
+
+
+@given(
+    seed=st.integers(), attempt=st.integers(1, 12), base=st.floats(0.01, 10), cap=st.floats(0, 60)
+)
+def test_full_jitter_bounds(seed: int, attempt: int, base: float, cap: float) -> None:
+    """Invariant: full jitter waits in [0, min(cap, base * 2**(n-1))]."""
+    policy = FullJitter(base=base, cap=cap, max_attempts=100, rng=random.Random(seed))
+    delay = delay_of(policy.decide(fail(Bucket.RETRYABLE), ctx(attempt)))
+    assert 0 <= delay <= min(cap, base * 2 ** (attempt - 1))
+
+
+@given(
+    seed=st.integers(), attempt=st.integers(1, 12), base=st.floats(0.01, 10), cap=st.floats(0, 60)
+)
+def test_equal_jitter_bounds(seed: int, attempt: int, base: float, cap: float) -> None:
+    """Invariant: equal jitter waits in [t/2, t], t = min(cap, base * 2**(n-1))."""
+    policy = EqualJitter(base=base, cap=cap, max_attempts=100, rng=random.Random(seed))
+    delay = delay_of(policy.decide(fail(Bucket.RETRYABLE), ctx(attempt)))
+    t = min(cap, base * 2 ** (attempt - 1))
+    assert t / 2 <= delay <= t
+
+
+@given(
+    seed=st.integers(),
+    base=st.floats(0.01, 10),
+    cap=st.floats(10, 100),
+    previous=st.none() | st.floats(0, 1000),
+)
+def test_decorrelated_jitter_bounds(
+    seed: int, base: float, cap: float, previous: float | None
+) -> None:
+    """Invariant: decorrelated jitter waits in [base, min(cap, max(base, 3 * previous))]."""
+    policy = DecorrelatedJitter(base=base, cap=cap, rng=random.Random(seed))
+    context = ctx(previous_delay=previous)
+    delay = delay_of(policy.decide(fail(Bucket.RETRYABLE), context))
+    upper = min(cap, max(base, 3 * (base if previous is None else previous)))
+    assert base <= delay <= upper
+
+
+def test_jittered_policies_vary_with_the_seed() -> None:
+    """Full, equal and decorrelated jitter draw different delays under different seeds."""
+    for cls in (FullJitter, EqualJitter, DecorrelatedJitter):
+        delays = {
+            delay_of(cls(rng=random.Random(s)).decide(fail(Bucket.RETRYABLE), ctx(3)))
+            for s in SEEDS
+        }
+        assert len(delays) > 1, cls
+
+
+@pytest.mark.parametrize("cls", BACKOFF_CLASSES)
+def test_larger_server_hint_wins(cls: type[BackoffPolicy]) -> None:
+    """A server hint larger than any backoff is waited exactly."""
+    for attempt in (1, 4):
+        policy = cls(rng=random.Random(attempt))
+        failure = fail(Bucket.RETRYABLE, retry_after=100.0)
+        context = ctx(attempt, previous_delay=20.0)
+        assert delay_of(policy.decide(failure, context)) == 100.0
+
+
+@pytest.mark.parametrize("cls", BACKOFF_CLASSES)
+def test_hint_past_deadline_gives_up(cls: type[BackoffPolicy]) -> None:
+    """A hint that would end after the deadline gives up, for every built-in."""
+    failure = fail(Bucket.RETRYABLE, retry_after=86400.0)
+    assert isinstance(cls().decide(failure, ctx(time_left=3600.0)), GiveUp)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        FixedDelay(delay=5.0),
+        Exponential(base=8.0),
+        EqualJitter(base=8.0),
+        DecorrelatedJitter(base=8.0),
+        DocumentedPolicy(),
+    ],
+    ids=lambda p: type(p).__name__,
+)
+def test_backoff_past_deadline_gives_up(policy: BackoffPolicy) -> None:
+    """A backoff whose lower bound is past the deadline gives up, for every built-in."""
+    assert isinstance(policy.decide(fail(Bucket.RETRYABLE), ctx(time_left=0.9)), GiveUp)
+
+
+@pytest.mark.parametrize("bucket", list(Bucket))
+@pytest.mark.parametrize("endpoint", list(Endpoint))
+def test_no_retry_always_gives_up(bucket: Bucket, endpoint: Endpoint) -> None:
+    """NoRetry gives up on every failure, hint or not."""
+    for hint in (None, 1.0):
+        assert isinstance(NoRetry().decide(fail(bucket, endpoint, hint), ctx()), GiveUp)
+
+
+def test_built_ins_are_retry_policies() -> None:
+    """Every built-in satisfies the RetryPolicy protocol; NEVER_RETRIED has the hopeless ones."""
+    for policy in [cls() for cls in BACKOFF_CLASSES] + [NoRetry()]:
+        assert isinstance(policy, RetryPolicy)
+    assert {Bucket.PERMANENT, Bucket.BAD_REQUEST, Bucket.UNKNOWN_CODE} <= NEVER_RETRIED
+    assert Bucket.UNEXPECTED_HTTP in NEVER_RETRIED
+
+
+# --- validators ----------------------------------------------------------------------------
+
+BAD_DELAYS = [-1.0, -1e-9, math.nan, -math.inf]
+
+
+@pytest.mark.parametrize("value", BAD_DELAYS)
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda v: FixedDelay(delay=v),
+        lambda v: Exponential(base=v),
+        lambda v: Exponential(cap=v),
+        lambda v: FullJitter(base=v),
+        lambda v: EqualJitter(cap=v),
+        lambda v: DecorrelatedJitter(base=v),
+        lambda v: DocumentedPolicy(cap=v),
+        lambda v: DocumentedPolicy(jitter=v),
+        lambda v: DocumentedPolicy(resubmit_delay=v),
+        lambda v: RetryAfter(v),
+        lambda v: Resubmit(v),
+        lambda v: Failure(Bucket.RETRYABLE, "X", "", RESULT, retry_after=v),
+    ],
+    ids=[
+        "FixedDelay.delay",
+        "Exponential.base",
+        "Exponential.cap",
+        "FullJitter.base",
+        "EqualJitter.cap",
+        "DecorrelatedJitter.base",
+        "DocumentedPolicy.cap",
+        "DocumentedPolicy.jitter",
+        "resubmit_delay",
+        "RetryAfter.delay",
+        "Resubmit.delay",
+        "Failure.retry_after",
+    ],
+)
+def test_negative_or_nan_delays_rejected(build: Callable[[float], object], value: float) -> None:
+    """A negative or NaN delay is rejected with ValueError."""
+    with pytest.raises(ValueError, match=r">= 0"):
+        build(value)
+
+
+@pytest.mark.parametrize("cls", BACKOFF_CLASSES)
+@pytest.mark.parametrize("max_attempts", [0, -1])
+def test_max_attempts_below_one_rejected(cls: type[BackoffPolicy], max_attempts: int) -> None:
+    """max_attempts < 1 is rejected with ValueError; max_attempts=1 is fine."""
+    with pytest.raises(ValueError, match="max_attempts"):
+        cls(max_attempts=max_attempts)
+    assert cls(max_attempts=1).max_attempts == 1
+
+
+def test_negative_max_resubmits_rejected() -> None:
+    """max_resubmits < 0 is rejected; 0 means unsolvable tasks are never resubmitted."""
+    with pytest.raises(ValueError, match="max_resubmits"):
+        DocumentedPolicy(max_resubmits=-1)
+    assert isinstance(DocumentedPolicy(max_resubmits=0).decide(api_fail(12), ctx()), GiveUp)
+
+
+# --- FixedInterval -------------------------------------------------------------------------
+
+
+def test_fixed_interval_default_is_two_seconds() -> None:
+    """The default schedule waits 2 s before every poll, the first one included."""
+    schedule = FixedInterval()
+    assert isinstance(schedule, PollSchedule)
+    assert [schedule.delay_before_poll(n) for n in range(1, 6)] == [2.0] * 5
+
+
+def test_fixed_interval_first_override() -> None:
+    """`first` replaces the wait before the first poll only."""
+    schedule = FixedInterval(interval=3.0, first=0.5)
+    assert [schedule.delay_before_poll(n) for n in range(1, 5)] == [0.5, 3.0, 3.0, 3.0]
+    assert FixedInterval(interval=3.0).delay_before_poll(1) == 3.0
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.inf, math.nan])
+@pytest.mark.parametrize("field", ["interval", "first"])
+def test_fixed_interval_rejects_invalid(field: str, value: float) -> None:
+    """Zero, negative, infinite and NaN intervals are rejected with ValueError."""
+    with pytest.raises(ValueError, match=field):
+        FixedInterval(**{field: value})
+
+
+# --- properties over every built-in --------------------------------------------------------
+
+SEED = st.integers(min_value=0, max_value=2**32)
+
+
+@given(policy_recipes, SEED, failures, contexts())
+def test_decide_returns_a_valid_decision(
+    recipe: PolicyRecipe, seed: int, failure: Failure, context: RetryContext
+) -> None:
+    """Invariant: decide never raises and returns a decision with a finite delay >= 0."""
+    decision = recipe.build(seed).decide(failure, context)
+    assert isinstance(decision, RetryAfter | Resubmit | GiveUp)
+    if not isinstance(decision, GiveUp):
+        assert 0 <= decision.delay < math.inf
+
+
+@given(policy_recipes, SEED, failures, st.sampled_from(sorted(NEVER_RETRIED)), contexts())
+def test_never_retries_hopeless_buckets(
+    recipe: PolicyRecipe, seed: int, failure: Failure, bucket: Bucket, context: RetryContext
+) -> None:
+    """Invariant: permanent, bad-request, unknown-code and unexpected-HTTP failures give up."""
+    failure = attrs.evolve(failure, bucket=bucket)
+    assert isinstance(recipe.build(seed).decide(failure, context), GiveUp)
+
+
+def check_within_deadline(policy: RetryPolicy, failure: Failure, context: RetryContext) -> None:
+    """The deadline property: a RetryAfter or Resubmit ends no later than the deadline."""
+    decision = policy.decide(failure, context)
+    if isinstance(decision, RetryAfter | Resubmit):
+        assert context.now + decision.delay <= context.deadline
+
+
+def check_hint_honoured(policy: RetryPolicy, failure: Failure, context: RetryContext) -> None:
+    """The hint property: a RetryAfter never waits less than the server's retry hint."""
+    decision = policy.decide(failure, context)
+    if isinstance(decision, RetryAfter) and failure.retry_after is not None:
+        assert decision.delay >= failure.retry_after
+
+
+@given(policy_recipes, SEED, failures, contexts())
+def test_never_waits_past_deadline(
+    recipe: PolicyRecipe, seed: int, failure: Failure, context: RetryContext
+) -> None:
+    """Invariant: now + delay <= deadline for every RetryAfter and Resubmit."""
+    check_within_deadline(recipe.build(seed), failure, context)
+
+
+@given(policy_recipes, SEED, failures, contexts())
+def test_never_waits_less_than_the_hint(
+    recipe: PolicyRecipe, seed: int, failure: Failure, context: RetryContext
+) -> None:
+    """Invariant: a RetryAfter's delay is at least the failure's retry_after."""
+    check_hint_honoured(recipe.build(seed), failure, context)
+
+
+@given(policy_recipes, SEED, failures, contexts(max_attempt=30))
+def test_attempts_are_bounded(
+    recipe: PolicyRecipe, seed: int, failure: Failure, context: RetryContext
+) -> None:
+    """Invariant: from attempt max_attempts on, only GiveUp (or, within max_resubmits, Resubmit)."""
+    decision = recipe.build(seed).decide(failure, context)
+    if context.attempt >= recipe.max_attempts:
+        assert not isinstance(decision, RetryAfter)
+        if failure.bucket is not Bucket.UNSOLVABLE:
+            assert isinstance(decision, GiveUp)
+    if context.resubmits >= recipe.max_resubmits:
+        assert not isinstance(decision, Resubmit)
+
+
+@given(
+    policy_recipes,
+    SEED,
+    st.lists(st.tuples(failures, contexts()), min_size=1, max_size=4),
+)
+def test_seeded_policies_are_deterministic(
+    recipe: PolicyRecipe, seed: int, steps: list[tuple[Failure, RetryContext]]
+) -> None:
+    """Invariant: two copies seeded alike make the same decisions for the same failures."""
+    one, two = recipe.build(seed), recipe.build(seed)
+    assert [one.decide(*step) for step in steps] == [two.decide(*step) for step in steps]
+
+
+# --- mutant: the hint property catches a policy that ignores retry_after -------------------
+
+
+class _IgnoresHint(Exponential):
+    """A mutant: drops the server's retry hint and always uses its own backoff."""
+
+    def decide(self, failure: Failure, context: RetryContext) -> Any:
+        return super().decide(attrs.evolve(failure, retry_after=None), context)
+
+
+def test_hint_property_catches_policy_that_ignores_hints() -> None:
+    """The hint property finds a failure and context on which the hint-ignoring mutant fails."""
+
+    def mutant_breaks(case: tuple[Failure, RetryContext]) -> bool:
+        try:
+            check_hint_honoured(_IgnoresHint(), *case)
+        except AssertionError:
+            return True
+        return False
+
+    failure, context = find(
+        st.tuples(failures, contexts()),
+        mutant_breaks,
+        settings=settings(max_examples=200, database=None, phases=[Phase.generate]),
+    )
+    check_hint_honoured(Exponential(), failure, context)  # the real policy passes
+    assert failure.retry_after is not None
+
+
+def test_deadline_property_catches_policy_that_ignores_deadline() -> None:
+    """The deadline property rejects a mutant that retries past the deadline."""
+
+    class _IgnoresDeadline(FixedDelay):
+        def decide(self, failure: Failure, context: RetryContext) -> Any:
+            return RetryAfter(failure.retry_after or self.delay)
+
+    failure = fail(Bucket.RETRYABLE, retry_after=86400.0)
+    with pytest.raises(AssertionError):
+        check_within_deadline(_IgnoresDeadline(), failure, ctx(time_left=10.0))
+    check_within_deadline(FixedDelay(), failure, ctx(time_left=10.0))
