@@ -39,6 +39,7 @@ from ._fsm import (
     machine_table,
 )
 from ._job import Action, Finished, Job, Send, Wait, validate_task
+from ._simulation import Simulation, SimulationReport
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -71,6 +72,8 @@ __all__ = [
     "Processing",
     "RetriesExhaustedError",
     "Send",
+    "Simulation",
+    "SimulationReport",
     "Solved",
     "SystemClock",
     "TaskState",

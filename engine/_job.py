@@ -135,6 +135,7 @@ class Job:
         "resubmits",
         "schedule",
         "solution",
+        "started_at",
         "state",
         "task",
         "task_id",
@@ -156,6 +157,7 @@ class Job:
         self.key = key
         self.policy = policy
         self.schedule = schedule
+        self.started_at = now
         self.deadline = now + timeout
         self.state: str = INITIAL_STATE.value
         self.history: list[Move] = []

@@ -1,0 +1,155 @@
+"""The discrete-event simulation driver: many jobs against a `SimulatedAPI` in virtual time.
+
+Theory of operation. There is no event loop and no sleeping: a heap of (time, sequence,
+job, outcome) events is processed in time order. Processing an event feeds the job the
+outcome it carries (if any) and asks it for its next action: a `Wait` becomes an event at
+its end, a `Send` is handed to the simulated service at the current virtual time and becomes
+an event carrying the classified result, `latency` later. Ties are broken by insertion
+order, so a run is a pure function of the scenario, the seed, the tasks and the policies:
+the same inputs give identical histories, request logs and results.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from captchaflow.policies import DocumentedPolicy, FixedInterval, PollSchedule, RetryPolicy
+from captchaflow.transports import ApiKey, JsonValue, SimulatedAPI
+
+from ._classify import Outcome, classify
+from ._driver import MoveHook
+from ._engine import DEFAULT_TIMEOUT
+from ._job import Finished, Job, Wait
+
+__all__ = ["Simulation", "SimulationReport"]
+
+_EPOCH = 1_700_000_000.0
+
+
+@attrs.frozen
+class SimulationReport:
+    """What a finished simulation did: every job, the service's counters, and timings."""
+
+    jobs: Sequence[Job]
+    api: SimulatedAPI
+    finished_at: Mapping[int, float]
+    """Virtual time at which each job (by index) reached its terminal state."""
+    end: float
+    """Virtual time of the last event."""
+
+    def states(self) -> Counter[str]:
+        """Jobs by final state."""
+        return Counter(job.state for job in self.jobs)
+
+    def errors(self) -> Counter[str]:
+        """Failed or cancelled jobs by error name."""
+        return Counter(job.error.name for job in self.jobs if job.error is not None)
+
+    def time_to_solution(self) -> list[float]:
+        """Seconds from submission to solution, for each solved job, sorted."""
+        return sorted(
+            self.finished_at[i] - job.started_at
+            for i, job in enumerate(self.jobs)
+            if job.solution is not None
+        )
+
+    def retries(self) -> int:
+        """Waits after failures (`defer` moves) across all jobs."""
+        return sum(move.trigger == "defer" for job in self.jobs for move in job.history)
+
+    def percentile(self, fraction: float) -> float | None:
+        """The `fraction` quantile of time to solution (None if nothing was solved)."""
+        times = self.time_to_solution()
+        if not times:
+            return None
+        if len(times) == 1:
+            return times[0]
+        return statistics.quantiles(times, n=100, method="inclusive")[round(fraction * 100) - 1]
+
+
+class Simulation:
+    """Runs jobs on one account of `api` in virtual time.
+
+    `submit()` adds a task (at a virtual time, with optional per-task timeout and policy);
+    `run()` processes every event and returns a `SimulationReport`. Policies given here are
+    shared by the jobs that do not bring their own; a seeded policy makes the run
+    reproducible.
+    """
+
+    def __init__(
+        self,
+        api: SimulatedAPI,
+        *,
+        key: str | ApiKey,
+        policy: RetryPolicy | None = None,
+        poll_schedule: PollSchedule | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_move: MoveHook | None = None,
+    ) -> None:
+        self.api = api
+        self.key = key if isinstance(key, ApiKey) else ApiKey(key)
+        self.policy: RetryPolicy = policy if policy is not None else DocumentedPolicy()
+        self.poll_schedule: PollSchedule = (
+            poll_schedule if poll_schedule is not None else FixedInterval()
+        )
+        self.timeout = timeout
+        self.on_move = on_move
+        self.jobs: list[Job] = []
+        self._events: list[tuple[float, int, int, Outcome | None]] = []
+        self._sequence = itertools.count()
+
+    def submit(
+        self,
+        task: Mapping[str, JsonValue],
+        *,
+        at: float = 0.0,
+        timeout: float | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> Job:
+        """Add a job for `task` starting at virtual time `at`; return it (not yet run)."""
+        job = Job(
+            task,
+            key=self.key,
+            policy=policy if policy is not None else self.policy,
+            schedule=self.poll_schedule,
+            now=at,
+            timeout=timeout if timeout is not None else self.timeout,
+        )
+        self.jobs.append(job)
+        self._push(at, len(self.jobs) - 1, None)
+        return job
+
+    def _push(self, at: float, index: int, outcome: Outcome | None) -> None:
+        heapq.heappush(self._events, (at, next(self._sequence), index, outcome))
+
+    def run(self) -> SimulationReport:
+        """Process every event until all jobs are finished."""
+        events, jobs, api, on_move = self._events, self.jobs, self.api, self.on_move
+        finished_at: dict[int, float] = {}
+        now = 0.0
+        while events:
+            now, _, index, outcome = heapq.heappop(events)
+            job = jobs[index]
+            reported = len(job.history)
+            if outcome is not None:
+                job.feed(outcome, now)
+            action = job.next_action(now)
+            if isinstance(action, Finished):
+                finished_at[index] = now
+            elif isinstance(action, Wait):
+                self._push(action.until, index, None)
+            else:
+                request = action.request
+                delay, result = api.handle(request, now).seen_by_client(job.deadline - now)
+                outcome = classify(request.endpoint, result, wall_time=_EPOCH + now, secret=job.key)
+                self._push(now + delay, index, outcome)
+            if on_move is not None:
+                for move in job.history[reported:]:
+                    on_move(job, move)
+        return SimulationReport(jobs, api, finished_at, now)
