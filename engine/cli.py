@@ -19,8 +19,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
-from captchaflow.transports import DEFAULT_BASE_URL, ApiKey, JsonValue, check_base_url
+from captchaflow.transports import (
+    DEFAULT_BASE_URL,
+    ApiKey,
+    JsonValue,
+    Scenario,
+    ScenarioError,
+    check_base_url,
+)
 
+from ._demo import format_summary, run_demo
 from ._engine import DEFAULT_TIMEOUT, solve
 from ._errors import CaptchaflowError
 from ._fsm import machine_dot
@@ -32,6 +40,7 @@ KEY_ENV = "NOCAPTCHA_API_KEY"
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 PROG = "captchaflow"
 
 
@@ -51,6 +60,16 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _task_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000000: {text!r}")
     return value
 
 
@@ -93,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     solve_cmd.add_argument(
         "-v", "--verbose", action="store_true", help="log every state change to stderr"
+    )
+
+    demo_cmd = commands.add_parser(
+        "demo",
+        help="run a batch of tasks against the built-in simulated API (no key, no network)",
+        description="Run a batch of tasks through the engine against the in-process "
+        "simulated API, with a realistic mix of faults, in virtual time; print a summary.",
+    )
+    demo_cmd.add_argument(
+        "--tasks", type=_task_count, default=200, metavar="N", help="how many tasks (200)"
+    )
+    demo_cmd.add_argument("--seed", type=int, default=0, help="the simulation's seed (0)")
+    demo_cmd.add_argument(
+        "--scenario",
+        metavar="FILE",
+        help="a scenario file (.json or .toml) instead of the built-in mix",
     )
 
     commands.add_parser(
@@ -186,10 +221,28 @@ def _solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    scenario = None
+    if args.scenario is not None:
+        try:
+            scenario = Scenario.load(args.scenario)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --scenario {args.scenario!r}: {_os_reason(exc)}"
+            ) from None
+        except ScenarioError as exc:
+            raise UsageError(f"--scenario {args.scenario!r}: {exc}") from None
+    report, wall = run_demo(args.tasks, seed=args.seed, scenario=scenario)
+    print(format_summary(report, wall, seed=args.seed))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status (the console script exits with it)."""
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "fsm":
             sys.stdout.write(machine_dot())
             return 0
@@ -200,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc.summary(), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:  # stdout closed early (`| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: still one line, still no key
         return _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
 

@@ -246,8 +246,18 @@ class Scenario:
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
+def _describe(exc: BaseException, type_: type | None) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return f"unknown field(s) {sorted(exc.extra_fields)}"
+    if isinstance(exc, ValueError | TypeError) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
 def _explain(exc: BaseException) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
-        messages = cattrs.transform_error(exc, path="scenario")
+        messages = cattrs.transform_error(exc, path="scenario", format_exception=_describe)
         return "invalid scenario: " + "; ".join(messages)
     return f"invalid scenario: {exc}"
