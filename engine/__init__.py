@@ -39,7 +39,7 @@ from ._fsm import (
     machine_table,
 )
 from ._job import Action, Finished, Job, Send, Wait, validate_task
-from ._simulation import Simulation, SimulationReport
+from ._simulation import ExchangeHook, Simulation, SimulationReport
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -54,6 +54,7 @@ __all__ = [
     "DeadlineExceededError",
     "Edge",
     "Engine",
+    "ExchangeHook",
     "Finished",
     "GaveUpError",
     "HttpStatusError",

@@ -15,21 +15,25 @@ import heapq
 import itertools
 import statistics
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeAlias
 
 import attrs
 
 from captchaflow.policies import DocumentedPolicy, FixedInterval, PollSchedule, RetryPolicy
-from captchaflow.transports import ApiKey, JsonValue, SimulatedAPI
+from captchaflow.transports import ApiKey, ApiRequest, JsonValue, SimulatedAPI
 
 from ._classify import Outcome, classify
 from ._driver import MoveHook
 from ._engine import DEFAULT_TIMEOUT
 from ._job import Finished, Job, Wait
 
-__all__ = ["Simulation", "SimulationReport"]
+__all__ = ["ExchangeHook", "Simulation", "SimulationReport"]
 
 _EPOCH = 1_700_000_000.0
+
+ExchangeHook: TypeAlias = Callable[[Job, ApiRequest, float, float, Outcome], None]
+"""Called for every request a job sends: (job, request, sent_at, seen_at, outcome)."""
 
 
 @attrs.frozen
@@ -91,6 +95,7 @@ class Simulation:
         poll_schedule: PollSchedule | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         on_move: MoveHook | None = None,
+        on_exchange: ExchangeHook | None = None,
     ) -> None:
         self.api = api
         self.key = key if isinstance(key, ApiKey) else ApiKey(key)
@@ -100,6 +105,7 @@ class Simulation:
         )
         self.timeout = timeout
         self.on_move = on_move
+        self.on_exchange = on_exchange
         self.jobs: list[Job] = []
         self._events: list[tuple[float, int, int, Outcome | None]] = []
         self._sequence = itertools.count()
@@ -131,6 +137,7 @@ class Simulation:
     def run(self) -> SimulationReport:
         """Process every event until all jobs are finished."""
         events, jobs, api, on_move = self._events, self.jobs, self.api, self.on_move
+        on_exchange = self.on_exchange
         finished_at: dict[int, float] = {}
         now = 0.0
         while events:
@@ -149,6 +156,8 @@ class Simulation:
                 delay, result = api.handle(request, now).seen_by_client(job.deadline - now)
                 outcome = classify(request.endpoint, result, wall_time=_EPOCH + now, secret=job.key)
                 self._push(now + delay, index, outcome)
+                if on_exchange is not None:
+                    on_exchange(job, request, now, now + delay, outcome)
             if on_move is not None:
                 for move in job.history[reported:]:
                     on_move(job, move)
