@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import statistics
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeAlias
@@ -68,13 +68,17 @@ class SimulationReport:
         return sum(move.trigger == "defer" for job in self.jobs for move in job.history)
 
     def percentile(self, fraction: float) -> float | None:
-        """The `fraction` quantile of time to solution (None if nothing was solved)."""
+        """The `fraction` quantile (0 to 1, linear interpolation) of time to solution, or
+        None if nothing was solved."""
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
         times = self.time_to_solution()
         if not times:
             return None
-        if len(times) == 1:
-            return times[0]
-        return statistics.quantiles(times, n=100, method="inclusive")[round(fraction * 100) - 1]
+        position = fraction * (len(times) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(times) - 1)
+        return times[low] + (times[high] - times[low]) * (position - low)
 
 
 class Simulation:

@@ -6,6 +6,7 @@ Profiles: `ci` (the default; fixed seed-free derandomised runs, bounded examples
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -21,8 +22,14 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# The suite captures (and scans) log records at DEBUG; `transitions` logs every move at
+# DEBUG, which costs a millisecond a move and says nothing our own records do not.
+logging.getLogger("transitions").setLevel(logging.WARNING)
+
+pytest_plugins = ["secret_scan", "pytester"]
+
 SECRET_KEY = "sk-test-7f3c9a1e-DO-NOT-LEAK"
-"""The API key every test uses; tests assert it never shows up anywhere."""
+"""The API key most tests use; `secret_scan` fails any test whose output shows it."""
 
 
 @pytest.fixture(params=["asyncio", "trio"])

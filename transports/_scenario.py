@@ -53,6 +53,15 @@ def _positive_int(_instance: object, attribute: attrs.Attribute[Any], value: int
         raise ValueError(f"{attribute.name} must be None or >= 1, got {value!r}")
 
 
+_ENDPOINTS = frozenset({"/createTask", "/getTaskResult", "/getBalance"})
+
+
+def _ends_after_start(instance: Any, end: float) -> None:
+    if end < instance.start:
+        what = "an outage" if isinstance(instance, Outage) else "a scheduled fault"
+        raise ValueError(f"{what} must end after it starts")
+
+
 class PlanState(enum.StrEnum):
     """An account's plan: active, or the state that makes every request fail (14, 15)."""
 
@@ -112,13 +121,8 @@ class Outage:
     (the seconds left, rounded up) when `hint` is true."""
 
     start: float = attrs.field(validator=_non_negative)
-    end: float = attrs.field(validator=_non_negative)
+    end: float = attrs.field(validator=[_non_negative, lambda s, a, v: _ends_after_start(s, v)])
     hint: bool = True
-
-    @end.validator
-    def _check_end(self, _attribute: attrs.Attribute[float], value: float) -> None:
-        if value < self.start:
-            raise ValueError("an outage must end after it starts")
 
 
 class FaultKind(enum.StrEnum):
@@ -180,9 +184,14 @@ class ScheduledFault:
     """From `start` to `end`, every request (to `endpoint` only, when given) suffers `kind`."""
 
     start: float = attrs.field(validator=_non_negative)
-    end: float = attrs.field(validator=_non_negative)
+    end: float = attrs.field(validator=[_non_negative, lambda s, a, v: _ends_after_start(s, v)])
     kind: FaultKind
-    endpoint: str | None = None
+    endpoint: str | None = attrs.field(default=None)
+
+    @endpoint.validator
+    def _check_endpoint(self, _attribute: attrs.Attribute[str | None], value: str | None) -> None:
+        if value is not None and value not in _ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {sorted(_ENDPOINTS)}, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -228,8 +237,9 @@ class Scenario:
         """Read a scenario from a `.json` or `.toml` file; raise `ScenarioError` (or
         `OSError` when the file cannot be read)."""
         path = pathlib.Path(path)
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
         try:
+            text = raw.decode("utf-8")
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (ValueError, tomllib.TOMLDecodeError) as exc:
             raise ScenarioError(f"{path}: not valid {path.suffix[1:] or 'JSON'}: {exc}") from None
@@ -244,6 +254,38 @@ class Scenario:
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _strict(kind: type, accepted: tuple[type, ...]) -> None:
+    """Refuse silent conversions ("false" -> True, 2.7 -> 2, true -> 1.0)."""
+
+    def structure(value: Any, _type: Any) -> Any:
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, accepted):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return kind(value)
+
+    _converter.register_structure_hook(kind, structure)
+
+
+def _enum(kind: type[enum.Enum]) -> None:
+    """Enums subclass str, so they need their own (more specific) hook."""
+
+    def structure(value: Any, _type: Any) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            choices = ", ".join(repr(member.value) for member in kind)
+            raise ValueError(f"{value!r} is not one of {choices}") from None
+
+    _converter.register_structure_hook(kind, structure)
+
+
+_strict(bool, (bool,))
+_strict(int, (int,))
+_strict(float, (int, float))
+_strict(str, (str,))
+_enum(PlanState)
+_enum(FaultKind)
 
 
 def _describe(exc: BaseException, type_: type | None) -> str:

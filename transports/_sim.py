@@ -105,6 +105,7 @@ class SimTask:
 
     task_id: int
     account: str
+    """The owning account's name (display only)."""
     type: str
     created_at: float
     solve_at: float
@@ -112,6 +113,8 @@ class SimTask:
     solution: dict[str, Any]
     delivered: int = 0
     """How many times the solution (or the 12) was sent back."""
+    owner: int = attrs.field(default=-1, repr=False)
+    """The owning account's position in the scenario (names need not be unique)."""
 
 
 @attrs.frozen
@@ -132,7 +135,7 @@ class SimStats:
     requests: collections.Counter[str] = attrs.field(factory=collections.Counter)
     """Requests received, by endpoint path (all of them, faults included)."""
     outcomes: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    """Requests by (endpoint, label), e.g. `("/createTask", "code:16")`."""
+    """Requests by endpoint and label, keyed `"/createTask code:16"`."""
     tasks_created: int = 0
     """Tasks created (and billed): every createTask the service accepted."""
     tasks_billed_unseen: int = 0
@@ -144,11 +147,13 @@ class SimStats:
 @attrs.define
 class _Account:
     spec: AccountSpec
+    index: int
     name: str
     balance: float | None
     window: collections.deque[float] = attrs.field(factory=collections.deque)
     created_per_day: collections.Counter[int] = attrs.field(factory=collections.Counter)
     created_in_plan: int = 0
+    plan_reset_done: bool = False
     solving: list[float] = attrs.field(factory=list)
     """Solve times of tasks not yet done (pruned lazily)."""
 
@@ -168,7 +173,7 @@ class SimulatedAPI:
         self.keep_log = keep_log
         self.tasks: dict[int, SimTask] = {}
         self._accounts = {
-            spec.key: _Account(spec, spec.name or f"account-{i + 1}", spec.balance)
+            spec.key: _Account(spec, i, spec.name or f"account-{i + 1}", spec.balance)
             for i, spec in enumerate(self.scenario.accounts)
         }
         self._next_task_id = 1
@@ -275,7 +280,8 @@ class SimulatedAPI:
         """The service's own answer, its counter label, and the task it concerns."""
         if path not in ("/createTask", "/getTaskResult", "/getBalance"):
             return ApiReply(404, b"not found", {"content-type": "text/plain"}), "http:404", None
-        if payload is None:
+        required = _REQUIRED.get(path)
+        if payload is None or (required is not None and required not in payload):
             return self._error(ErrorCode.ERROR_BAD_PARAMETERS)
         if account is None:
             return self._error(ErrorCode.KEY_DOES_NOT_EXIST)
@@ -287,7 +293,9 @@ class SimulatedAPI:
         if path == "/getTaskResult":
             return self._result(payload, account, now)
         balance = account.balance
-        reply = ApiReply.json({"balance": balance if balance is not None else -1})
+        reply = ApiReply.json(
+            {"balance": balance if balance is not None else -1}, headers=_JSON_HEADERS
+        )
         return reply, "balance", None
 
     def _account_refusal(self, account: _Account, now: float) -> tuple[ApiReply, str, None] | None:
@@ -297,12 +305,12 @@ class SimulatedAPI:
                 return self._error(ErrorCode.SERVICE_UNAVAILABLE, hint)
         spec = account.spec
         if spec.rate_limit is not None:
-            window = account.window
-            while window and window[0] <= now - spec.rate_window:
-                window.popleft()
-            if len(window) >= spec.rate_limit:
-                return self._error(ErrorCode.RATE_LIMITED, window[0] + spec.rate_window - now)
-            window.append(now)
+            expiries = account.window  # when each admitted request leaves the window
+            while expiries and expiries[0] <= now:
+                expiries.popleft()
+            if len(expiries) >= spec.rate_limit:
+                return self._error(ErrorCode.RATE_LIMITED, expiries[0] - now)
+            expiries.append(now + spec.rate_window)
         if spec.plan is PlanState.EXPIRED:
             return self._error(ErrorCode.PLAN_EXPIRED)
         if spec.plan is PlanState.INACTIVE:
@@ -316,18 +324,18 @@ class SimulatedAPI:
         if not isinstance(task, dict) or not isinstance(task.get("type"), str):
             return self._error(ErrorCode.ERROR_BAD_PARAMETERS)
         spec = account.spec
-        if account.balance is not None and account.balance < spec.price:
+        if account.balance is not None and account.balance + 1e-9 < spec.price:
             return self._error(ErrorCode.ZERO_BALANCE)
         day = math.floor(now / DAY)
         if spec.daily_quota is not None and account.created_per_day[day] >= spec.daily_quota:
             return self._error(ErrorCode.DAILY_LIMIT_EXCEEDED, (day + 1) * DAY - now)
+        resets = spec.plan_quota_resets_at
+        if resets is not None and now >= resets and not account.plan_reset_done:
+            account.plan_reset_done = True
+            account.created_in_plan = 0
         if spec.plan_quota is not None and account.created_in_plan >= spec.plan_quota:
-            resets = spec.plan_quota_resets_at
-            if resets is not None and now >= resets:
-                account.created_in_plan = 0
-            else:
-                hint = resets - now if resets is not None else None
-                return self._error(ErrorCode.QUOTA_LIMIT_EXCEEDED, hint)
+            hint = resets - now if resets is not None and now < resets else None
+            return self._error(ErrorCode.QUOTA_LIMIT_EXCEEDED, hint)
         solving = account.solving
         while solving and solving[0] <= now:
             heapq.heappop(solving)
@@ -346,10 +354,17 @@ class SimulatedAPI:
         task_id = self._next_task_id
         self._next_task_id += 1
         self.tasks[task_id] = SimTask(
-            task_id, account.name, task_type, now, solve_at, unsolvable, {"text": text}
+            task_id,
+            account.name,
+            task_type,
+            now,
+            solve_at,
+            unsolvable,
+            {"text": text},
+            owner=account.index,
         )
         if account.balance is not None:
-            account.balance -= account.spec.price
+            account.balance = round(account.balance - account.spec.price, 9)
         account.created_per_day[math.floor(now / DAY)] += 1
         account.created_in_plan += 1
         heapq.heappush(account.solving, solve_at)
@@ -361,8 +376,9 @@ class SimulatedAPI:
         self, payload: Mapping[str, Any], account: _Account, now: float
     ) -> tuple[ApiReply, str, int | None]:
         task_id = payload.get("taskId")
-        task = self.tasks.get(task_id) if isinstance(task_id, int) else None
-        if task is None or task.account != account.name:
+        known = isinstance(task_id, int) and not isinstance(task_id, bool)
+        task = self.tasks.get(task_id) if known and task_id is not None else None
+        if task is None or task.owner != account.index:
             return self._error(ErrorCode.ERROR_BAD_PARAMETERS)
         if now < task.solve_at:
             return _PROCESSING, "processing", task.task_id
@@ -379,9 +395,20 @@ class SimulatedAPI:
     ) -> tuple[ApiReply, str, None]:
         payload: dict[str, Any] = {"code": int(code), "msg": code.name}
         if retry_after is not None:
-            payload["retryAfterSec"] = max(1, math.ceil(retry_after - 1e-9))
+            payload["retryAfterSec"] = _whole_seconds(retry_after)
         body = json.dumps(payload).encode()
         return ApiReply(self.scenario.error_status, body, _JSON_HEADERS), f"code:{int(code)}", None
+
+
+_REQUIRED: Final = {"/createTask": "task", "/getTaskResult": "taskId"}
+
+
+def _whole_seconds(delay: float) -> int:
+    """`delay` rounded up to whole seconds (at least 1), never short of it in floats."""
+    seconds = max(1, math.ceil(delay - 1e-9))
+    while seconds < delay:
+        seconds += 1
+    return seconds
 
 
 def _parse_object(body: bytes) -> Mapping[str, Any] | None:

@@ -1,0 +1,257 @@
+"""The discrete-event simulation driver: many jobs against the simulated service in virtual
+time, its determinism, and the report's helpers."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from captchaflow.engine import (
+    Job,
+    Move,
+    PermanentError,
+    RetriesExhaustedError,
+    Simulation,
+    SimulationReport,
+    UnsolvableError,
+)
+from captchaflow.policies import DocumentedPolicy, FixedDelay, FixedInterval, NoRetry
+from captchaflow.transports import (
+    AccountSpec,
+    FaultKind,
+    FaultRates,
+    Outage,
+    Scenario,
+    ScheduledFault,
+    SimulatedAPI,
+    TaskTypeSpec,
+)
+
+KEY = "sk-simulation-5e1d-SECRET"
+TASK: dict[str, Any] = {"type": "ImageToTextTask", "body": "aGk="}
+DAY = 86_400.0
+
+FLAKY = Scenario(
+    accounts=(AccountSpec(key=KEY, rate_limit=30, rate_window=1.0, slots=40),),
+    default_task=TaskTypeSpec(unsolvable_rate=0.2),
+    outages=(Outage(start=30.0, end=45.0),),
+    faults=FaultRates(
+        refused=0.03,
+        timeout_before=0.02,
+        http_429=0.03,
+        http_5xx=0.03,
+        timeout_after=0.02,
+        non_json=0.02,
+        truncated=0.02,
+        wrong_shape=0.02,
+        slow=0.05,
+        retry_after_header=2.0,
+        timeout_seconds=10.0,
+    ),
+)
+"""A service with every kind of trouble: faults, unsolvable tasks, rate limits, an outage."""
+
+
+def run_flaky(seed: int, jobs: int = 100, **simulation: Any) -> SimulationReport:
+    """Run `jobs` jobs on `FLAKY`, service and policy seeded with `seed`."""
+    api = SimulatedAPI(FLAKY, seed=seed)
+    sim = Simulation(api, key=KEY, policy=DocumentedPolicy(rng=random.Random(seed)), **simulation)
+    for i in range(jobs):
+        sim.submit(TASK, at=i * 0.25)
+    return sim.run()
+
+
+def test_thousand_jobs_on_a_healthy_service_all_ready() -> None:
+    """1,000 jobs on a healthy scenario all end `ready`, each with its task's solution."""
+    api = SimulatedAPI(Scenario(accounts=(AccountSpec(key=KEY),)), seed=7, keep_log=False)
+    sim = Simulation(api, key=KEY, policy=DocumentedPolicy(rng=random.Random(7)))
+    for i in range(1000):
+        sim.submit(TASK, at=i * 0.05)
+    report = sim.run()
+    assert report.states() == Counter({"ready": 1000})
+    assert report.errors() == Counter()
+    assert report.retries() == 0
+    assert api.stats.tasks_created == 1000
+    assert api.stats.solutions_delivered == 1000
+    solutions: dict[object, Any] = {task.task_id: task.solution for task in api.tasks.values()}
+    assert all(job.solution == solutions[job.task_id] for job in report.jobs)
+    # default tasks take 4..12 s; polls every 2 s; 0.05 s each way
+    times = report.time_to_solution()
+    assert len(times) == 1000
+    assert times[0] >= 4.0
+    assert times[-1] <= 12.0 + 2.0 + 0.1 + 1e-9
+    assert report.end == max(report.finished_at.values())
+
+
+def test_same_seed_gives_identical_runs() -> None:
+    """Same seeds and a fault mix: identical job histories, results and `api.stats`."""
+    first, second = run_flaky(3), run_flaky(3)
+    assert [job.history for job in first.jobs] == [job.history for job in second.jobs]
+    assert [job.solution for job in first.jobs] == [job.solution for job in second.jobs]
+    assert first.errors() == second.errors()
+    assert first.finished_at == second.finished_at
+    assert first.api.stats == second.api.stats
+    assert first.api.log == second.api.log
+    # the mix really was exercised
+    assert first.retries() > 30
+    outcomes = " ".join(first.api.stats.outcomes)
+    for label in ("refused", "lost_request", "lost_reply", "code:12", "code:21", "http:429"):
+        assert label in outcomes
+
+
+def test_different_seed_gives_a_different_run() -> None:
+    """Another seed gives other histories."""
+    first, second = run_flaky(3, jobs=30), run_flaky(4, jobs=30)
+    assert [job.history for job in first.jobs] != [job.history for job in second.jobs]
+
+
+def test_zero_balance_after_n_fails_the_rest_after_one_request() -> None:
+    """Balance for N tasks: N solved, the rest ZERO_BALANCE after one request each."""
+    api = SimulatedAPI(Scenario(accounts=(AccountSpec(key=KEY, balance=5.0, price=1.0),)))
+    sim = Simulation(api, key=KEY)
+    jobs = [sim.submit(TASK) for _ in range(8)]
+    late = sim.submit(TASK, at=100.0)
+    report = sim.run()
+    assert report.states() == Counter({"ready": 5, "failed": 4})
+    assert report.errors() == Counter({"ZERO_BALANCE": 4})
+    assert api.stats.tasks_created == 5
+    for index, job in enumerate([*jobs[5:], late], start=5):
+        assert isinstance(job.error, PermanentError)
+        assert job.error.code == 3
+        assert job.requests_sent == 1
+        assert [move.trigger for move in job.history] == ["fail"]
+        assert report.finished_at[index] == pytest.approx(job.started_at + 0.05)
+    assert api.stats.outcomes["/createTask code:3"] == 4
+
+
+def test_day_long_daily_quota_hint_fails_jobs_at_once() -> None:
+    """A day-long 17 hint fails the job as the reply arrives; next day works."""
+    sc = Scenario(accounts=(AccountSpec(key=KEY, daily_quota=1),), latency=0.05)
+    api = SimulatedAPI(sc)
+    sim = Simulation(api, key=KEY)
+    first = sim.submit(TASK, at=0.0)
+    blocked = sim.submit(TASK, at=10.0)
+    next_day = sim.submit(TASK, at=DAY + 1.0)
+    report = sim.run()
+    assert first.state == "ready"
+    assert next_day.state == "ready"
+    assert blocked.state == "failed"
+    assert isinstance(blocked.error, RetriesExhaustedError)
+    assert blocked.error.name == "DAILY_LIMIT_EXCEEDED"
+    assert blocked.error.code == 17
+    assert blocked.error.failure is not None
+    assert blocked.error.failure.retry_after == DAY - 10.0
+    assert blocked.requests_sent == 1
+    assert report.finished_at[1] == pytest.approx(10.05)
+    assert blocked.history[-1].at == pytest.approx(10.05)
+
+
+def hand_checked_run() -> tuple[SimulationReport, list[Job]]:
+    """Three jobs whose every step can be worked out by hand (latency 0.5 s, 5 s tasks,
+    polls every 2 s):
+
+    - A at 0: created at 0 (solved at 5), accepted 0.5, polls 2.5 (processing) and 5.0
+      (ready), done 5.5;
+    - B at 10: gateway 5xx, reply at 10.5, retried after 1 s at 11.5 (solved at 16.5),
+      accepted 12.0, polls 14.0 and 16.5, done 17.0;
+    - C at 20 (unsolvable, 1 s, no retries): accepted 20.5, poll 22.5 answers 12, failed 23.0.
+    """
+    sc = Scenario(
+        accounts=(AccountSpec(key=KEY),),
+        task_types={
+            "Hopeless": TaskTypeSpec(
+                solve_seconds=1.0, solve_spread=0.0, min_solve_seconds=0.0, unsolvable_rate=1.0
+            )
+        },
+        default_task=TaskTypeSpec(solve_seconds=5.0, solve_spread=0.0, min_solve_seconds=0.0),
+        scheduled_faults=(
+            ScheduledFault(start=10.0, end=10.1, kind=FaultKind.HTTP_5XX, endpoint="/createTask"),
+        ),
+        latency=0.5,
+    )
+    api = SimulatedAPI(sc)
+    sim = Simulation(
+        api, key=KEY, policy=FixedDelay(delay=1.0), poll_schedule=FixedInterval(interval=2.0)
+    )
+    jobs = [
+        sim.submit(TASK, at=0.0),
+        sim.submit(TASK, at=10.0),
+        sim.submit({"type": "Hopeless"}, at=20.0, policy=NoRetry()),
+    ]
+    return sim.run(), jobs
+
+
+def test_report_helpers_on_a_hand_checked_run() -> None:
+    """The report helpers match a timeline worked out by hand."""
+    report, (a, b, c) = hand_checked_run()
+    assert [(m.at, m.trigger) for m in a.history] == [(0.5, "accept"), (5.5, "solve")]
+    assert [(m.at, m.trigger) for m in b.history] == [
+        (10.5, "defer"),
+        (11.5, "retry_submit"),
+        (12.0, "accept"),
+        (17.0, "solve"),
+    ]
+    assert [(m.at, m.trigger) for m in c.history] == [(20.5, "accept"), (23.0, "fail")]
+    assert (a.polls, b.polls, c.polls) == (2, 2, 1)
+    assert isinstance(c.error, UnsolvableError)
+    assert report.states() == Counter({"ready": 2, "failed": 1})
+    assert report.errors() == Counter({"ERROR_CAPTCHA_UNSOLVABLE": 1})
+    assert report.time_to_solution() == [5.5, 7.0]
+    assert report.percentile(0.5) == pytest.approx(6.25)
+    assert report.percentile(0.9) == pytest.approx(6.85)
+    assert report.percentile(0.01) == pytest.approx(5.515)
+    assert report.retries() == 1
+    assert report.finished_at == {0: 5.5, 1: 17.0, 2: 23.0}
+    assert report.end == 23.0
+    assert report.api.stats.tasks_created == 3
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(0.0, 5.5), (1.0, 7.0)])
+def test_percentile_extremes_are_min_and_max(fraction: float, expected: float) -> None:
+    """`percentile(0)` is the fastest time to solution and `percentile(1)` the slowest."""
+    report, _ = hand_checked_run()
+    assert report.percentile(fraction) == pytest.approx(expected)
+
+
+def test_percentile_with_one_or_no_solution() -> None:
+    """One solved job: every percentile is its time; none solved: None."""
+    api = SimulatedAPI(Scenario(accounts=(AccountSpec(key=KEY),), latency=0.5))
+    sim = Simulation(api, key=KEY, poll_schedule=FixedInterval(interval=2.0))
+    sim.submit({"type": "T"}, at=3.0)
+    report = sim.run()
+    (only,) = report.time_to_solution()
+    assert report.percentile(0.5) == only
+    assert report.percentile(0.99) == only
+
+    empty = SimulatedAPI(Scenario(accounts=(AccountSpec(key=KEY, balance=0.0),)))
+    sim = Simulation(empty, key=KEY)
+    sim.submit(TASK)
+    report = sim.run()
+    assert report.time_to_solution() == []
+    assert report.percentile(0.5) is None
+    assert report.retries() == 0
+
+
+def test_on_move_hook_sees_every_move_once_in_time_order() -> None:
+    """`on_move` sees every move once, in job order and in virtual-time order."""
+    seen: list[tuple[Job, Move]] = []
+    report = run_flaky(9, jobs=40, on_move=lambda job, move: seen.append((job, move)))
+    assert len(seen) == sum(len(job.history) for job in report.jobs)
+    for job in report.jobs:
+        assert [move for owner, move in seen if owner is job] == job.history
+    times = [move.at for _, move in seen]
+    assert times == sorted(times)
+    assert any(move.trigger == "defer" for _, move in seen)
+
+
+def test_finished_at_is_the_last_move() -> None:
+    """Each job's `finished_at` is the time of its terminal move."""
+    report = run_flaky(5, jobs=40)
+    assert len(report.finished_at) == len(report.jobs)
+    for index, job in enumerate(report.jobs):
+        assert job.finished
+        assert report.finished_at[index] == job.history[-1].at
+        assert job.history[-1].dest in ("ready", "failed")
