@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ipaddress
 import json
 import logging
 import math
 import os
+import stat
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn, TextIO
+
+import attrs
 
 from captchaflow.transports import (
     DEFAULT_BASE_URL,
+    AccountSpec,
     ApiKey,
     JsonValue,
     Scenario,
     ScenarioError,
+    SimulatedAPI,
+    SimulatorServer,
     check_base_url,
+    serve_simulator,
 )
 
 from ._demo import format_summary, run_demo
@@ -50,7 +59,17 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            # Never echo stray values: one of them may be a key pasted on the command line.
+            words = message[len(prefix) :].split()
+            message = prefix + " ".join(w if w.startswith("-") else "…" for w in words)
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: `--key VALUE` must not be taken for `--key-file VALUE`.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def _positive_seconds(text: str) -> float:
@@ -70,6 +89,16 @@ def _task_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if not 1 <= value <= 1_000_000:
         raise argparse.ArgumentTypeError(f"must be between 1 and 1000000: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535: {text!r}")
     return value
 
 
@@ -111,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-file", metavar="PATH", help=f"read the API key from this file instead of ${KEY_ENV}"
     )
     solve_cmd.add_argument(
+        "--allow-shared-key-file",
+        action="store_true",
+        help="accept a --key-file that others can read (for containers that mount secrets so)",
+    )
+    solve_cmd.add_argument(
         "-v", "--verbose", action="store_true", help="log every state change to stderr"
     )
 
@@ -130,6 +164,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="a scenario file (.json or .toml) instead of the built-in mix",
     )
 
+    sim_cmd = commands.add_parser(
+        "serve-sim",
+        help="serve the simulated API over HTTP on loopback, for testing clients",
+        description="Serve the simulated NoCaptcha API (/createTask, /getTaskResult, "
+        "/getBalance) over HTTP/1.1. Prints its base URL as the first line of stdout, then "
+        "serves until SIGINT or SIGTERM and exits 0.",
+        epilog="exit status: 0 stopped by a signal, 2 usage, invalid scenario or cannot listen",
+    )
+    sim_cmd.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1)")
+    sim_cmd.add_argument(
+        "--port", type=_port, default=0, help="the port to listen on (0: any free port)"
+    )
+    sim_cmd.add_argument(
+        "--key",
+        help="the API key the server accepts (test-key, or the scenario's first account's); "
+        "a test key of this local simulator, not a secret, so it may be an argument",
+    )
+    sim_cmd.add_argument(
+        "--solve-seconds",
+        type=_positive_seconds,
+        metavar="S",
+        help="mean solve time of a task (5, or the scenario's default task's); solve times "
+        "are uniform in S +- min(spread, S/2)",
+    )
+    sim_cmd.add_argument("--seed", type=int, default=0, help="the simulation's seed (0)")
+    sim_cmd.add_argument(
+        "--scenario",
+        metavar="FILE",
+        help="a scenario file (.json or .toml); --key and --solve-seconds override it",
+    )
+
     commands.add_parser(
         "fsm",
         help="print the task state machine as a Graphviz digraph",
@@ -138,10 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_key(key_file: str | None) -> ApiKey:
+def _read_key(key_file: str | None, *, allow_shared: bool = False) -> ApiKey:
     if key_file is not None:
         try:
             with open(key_file, encoding="utf-8") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if mode & 0o077 and not allow_shared:
+                    raise UsageError(
+                        f"--key-file {key_file!r} can be read by others "
+                        f"(mode {stat.S_IMODE(mode):04o}); run 'chmod 600' on it, "
+                        "or pass --allow-shared-key-file"
+                    )
                 secret = handle.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read --key-file {key_file!r}: {_os_reason(exc)}") from None
@@ -201,7 +273,7 @@ def _fail(message: str, code: int, key: ApiKey | None = None) -> int:
 
 def _solve(args: argparse.Namespace) -> int:
     task = _read_task(args)
-    key = _read_key(args.key_file)
+    key = _read_key(args.key_file, allow_shared=args.allow_shared_key_file)
     try:
         base_url = check_base_url(args.base_url)
     except ValueError as exc:
@@ -221,28 +293,103 @@ def _solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_scenario(path: str) -> Scenario:
+    try:
+        return Scenario.load(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read --scenario {path!r}: {_os_reason(exc)}") from None
+    except (ScenarioError, UnicodeDecodeError, RecursionError) as exc:
+        raise UsageError(f"--scenario {path!r}: {exc}") from None
+
+
 def _demo(args: argparse.Namespace) -> int:
-    scenario = None
-    if args.scenario is not None:
-        try:
-            scenario = Scenario.load(args.scenario)
-        except OSError as exc:
-            raise UsageError(
-                f"cannot read --scenario {args.scenario!r}: {_os_reason(exc)}"
-            ) from None
-        except ScenarioError as exc:
-            raise UsageError(f"--scenario {args.scenario!r}: {exc}") from None
+    scenario = _read_scenario(args.scenario) if args.scenario is not None else None
     report, wall = run_demo(args.tasks, seed=args.seed, scenario=scenario)
     print(format_summary(report, wall, seed=args.seed))
     return 0
 
 
+def _sim_scenario(args: argparse.Namespace) -> Scenario:
+    """The scenario of `serve-sim`: the file's (or the default), with the flags applied."""
+    scenario = _read_scenario(args.scenario) if args.scenario is not None else Scenario()
+    solve_seconds = args.solve_seconds
+    if solve_seconds is None and args.scenario is None:
+        solve_seconds = 5.0
+    if args.key is not None:
+        accounts = scenario.accounts
+        try:
+            first = (
+                attrs.evolve(accounts[0], key=args.key) if accounts else AccountSpec(key=args.key)
+            )
+            scenario = attrs.evolve(scenario, accounts=(first, *accounts[1:]))
+        except ValueError as exc:
+            raise UsageError(f"--key: {exc}") from None
+    if solve_seconds is not None:
+        # Capping the spread and the floor at S/2 keeps S the mean: no draw is clamped.
+        task, half = scenario.default_task, solve_seconds / 2
+        task = attrs.evolve(
+            task,
+            solve_seconds=solve_seconds,
+            solve_spread=min(task.solve_spread, half),
+            min_solve_seconds=min(task.min_solve_seconds, half),
+        )
+        scenario = attrs.evolve(scenario, default_task=task)
+    return scenario
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve_sim(args: argparse.Namespace) -> int:
+    api = SimulatedAPI(_sim_scenario(args), seed=args.seed, keep_log=False)
+
+    def announce(server: SimulatorServer) -> None:
+        print(server.base_url, flush=True)
+        if not _is_loopback(args.host):  # warned once listening: a failure stays one line
+            print(
+                f"{PROG}: warning: --host {args.host!r} is not a loopback address: anyone "
+                "who can reach it can use the simulator",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        serve_simulator(api, host=args.host, port=args.port, on_ready=announce)
+    except BrokenPipeError:  # stdout closed: not a listening problem
+        raise
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {args.host} port {args.port}: {_os_reason(exc)}"
+        ) from None
+    return 0
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status (the console script exits with it)."""
+    warnings.showwarning = _show_warning  # one line per warning, like every other message
     try:
         args = build_parser().parse_args(argv)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "serve-sim":
+            return _serve_sim(args)
         if args.command == "fsm":
             sys.stdout.write(machine_dot())
             return 0

@@ -280,10 +280,49 @@ def test_key_file_supplies_the_key(tmp_path: Path) -> None:
     """--key-file is read (trailing newline stripped) when the env var is unset."""
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n", encoding="utf-8")
+    key_file.chmod(0o600)
     with StubAPI(result=[ready(SOLUTION)]) as stub:
         run = solve(stub, "--task", TASK_JSON, "--key-file", str(key_file), key=None)
     assert_solved(run)
     assert len(stub.requests) == 2
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    """A --key-file that group or others can read is refused (exit 2) before any request."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY, encoding="utf-8")
+    key_file.chmod(mode)
+    with StubAPI() as stub:
+        run = solve(stub, "--task", TASK_JSON, "--key-file", str(key_file), key=None)
+    assert_failed(run, 2, "chmod 600")
+    assert f"{mode:04o}" in run.err
+    assert stub.requests == []
+
+
+def test_shared_key_file_accepted_with_override(tmp_path: Path) -> None:
+    """--allow-shared-key-file accepts a world-readable key file (containers)."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY, encoding="utf-8")
+    key_file.chmod(0o644)
+    with StubAPI(result=[ready(SOLUTION)]) as stub:
+        run = solve(
+            stub,
+            "--task",
+            TASK_JSON,
+            "--key-file",
+            str(key_file),
+            "--allow-shared-key-file",
+            key=None,
+        )
+    assert_solved(run)
+
+
+def test_key_is_never_accepted_as_an_argument() -> None:
+    """There is no option that takes the key itself: --key is a usage error."""
+    run = run_cli("--task", TASK_JSON, "--key", KEY, key=None)
+    assert run.code == 2
+    assert len(run.err_lines) == 1
 
 
 def test_image_sends_an_image_to_text_task(tmp_path: Path) -> None:

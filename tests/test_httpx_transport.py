@@ -7,6 +7,7 @@ import socket
 import socketserver
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -234,3 +235,21 @@ def test_repr_has_no_key() -> None:
     """The transport's and the request's reprs never show the key."""
     assert "SECRET" not in repr(REQUEST)
     assert "SECRET" not in repr(HttpxTransport("https://api.example.com"))
+
+
+@pytest.mark.parametrize("url", ["http://api.example.com", "http://192.0.2.10:8080"])
+def test_plain_http_to_a_remote_host_warns(url: str) -> None:
+    """http:// to anything but loopback warns that the key travels unencrypted."""
+    with pytest.warns(InsecureTransportWarning, match="unencrypted"):
+        HttpxTransport(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080", "http://localhost", "http://[::1]:9", "https://api.example.com"],
+)
+def test_loopback_or_https_does_not_warn(url: str) -> None:
+    """Loopback http:// (tests, serve-sim) and https:// construct without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        HttpxTransport(url)

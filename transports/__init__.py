@@ -1,10 +1,16 @@
 """The wire: request and reply types, error codes, the `Transport` interface and its failures,
-the httpx transport, and the simulated service with its scenarios.
+the httpx transport, and the simulated service with its scenarios and its HTTP server.
 
 This layer imports nothing from `captchaflow.policies` or `captchaflow.engine`."""
 
 from ._base import BadReply, HandlerTransport, NotSent, SentNoReply, Transport, TransportError
-from ._httpx import DEFAULT_BASE_URL, HttpxTransport, InsecureTransportWarning, check_base_url
+from ._httpx import (
+    DEFAULT_BASE_URL,
+    HttpxTransport,
+    InsecureTransportWarning,
+    check_base_url,
+    is_loopback,
+)
 from ._scenario import (
     AccountSpec,
     FaultKind,
@@ -26,6 +32,7 @@ from ._sim import (
     SimulatedClock,
     SimulatedTransport,
 )
+from ._sim_server import SimulatorServer, serve_simulator, simulator_in_thread
 from ._wire import ApiKey, ApiReply, ApiRequest, Endpoint, ErrorCode, JsonValue, TaskId
 
 __all__ = [
@@ -58,9 +65,13 @@ __all__ = [
     "SimulatedAPI",
     "SimulatedClock",
     "SimulatedTransport",
+    "SimulatorServer",
     "TaskId",
     "TaskTypeSpec",
     "Transport",
     "TransportError",
     "check_base_url",
+    "is_loopback",
+    "serve_simulator",
+    "simulator_in_thread",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import warnings
 from typing import Final
@@ -12,7 +13,13 @@ import httpx
 from ._base import BadReply, NotSent, SentNoReply
 from ._wire import ApiReply, ApiRequest
 
-__all__ = ["DEFAULT_BASE_URL", "HttpxTransport", "InsecureTransportWarning", "check_base_url"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "HttpxTransport",
+    "InsecureTransportWarning",
+    "check_base_url",
+    "is_loopback",
+]
 
 DEFAULT_BASE_URL: Final = "https://api.nocaptchaai.com"
 
@@ -31,6 +38,16 @@ def check_base_url(base_url: str) -> str:
             f"the base URL must look like https://host[:port][/path], got {base_url!r}"
         )
     return str(url).rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and addresses in 127.0.0.0/8 or ::1."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class InsecureTransportWarning(UserWarning):
@@ -61,6 +78,13 @@ class HttpxTransport:
         verify: bool | ssl.SSLContext = True,
     ) -> None:
         self.base_url = check_base_url(base_url)
+        host = httpx.URL(self.base_url).host
+        if self.base_url.startswith("http://") and not is_loopback(host):
+            warnings.warn(
+                f"plain http:// to {host}: the API key travels unencrypted; use https://",
+                InsecureTransportWarning,
+                stacklevel=2,
+            )
         if max_reply_bytes < 1:
             raise ValueError("max_reply_bytes must be positive")
         if verify is False:
