@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import ipaddress
 import json
 import logging
 import math
@@ -34,6 +33,7 @@ from captchaflow.transports import (
     SimulatedAPI,
     SimulatorServer,
     check_base_url,
+    is_loopback,
     serve_simulator,
 )
 
@@ -337,21 +337,12 @@ def _sim_scenario(args: argparse.Namespace) -> Scenario:
     return scenario
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _serve_sim(args: argparse.Namespace) -> int:
     api = SimulatedAPI(_sim_scenario(args), seed=args.seed, keep_log=False)
 
     def announce(server: SimulatorServer) -> None:
         print(server.base_url, flush=True)
-        if not _is_loopback(args.host):  # warned once listening: a failure stays one line
+        if not is_loopback(args.host):  # warned once listening: a failure stays one line
             print(
                 f"{PROG}: warning: --host {args.host!r} is not a loopback address: anyone "
                 "who can reach it can use the simulator",
