@@ -159,9 +159,8 @@ class BackoffPolicy:
         if bucket is Bucket.UNSOLVABLE:
             if context.resubmits >= self.max_resubmits:
                 return GiveUp(f"still unsolvable after {context.resubmits} resubmits")
-            return _within_deadline(
-                Resubmit(self.resubmit_delay, f"resubmit {context.resubmits + 1}"), context
-            )
+            delay = max(self.resubmit_delay, failure.retry_after or 0.0)
+            return _within_deadline(Resubmit(delay, f"resubmit {context.resubmits + 1}"), context)
         if (
             bucket is Bucket.AMBIGUOUS
             and failure.endpoint is Endpoint.CREATE_TASK
