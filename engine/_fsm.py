@@ -9,9 +9,12 @@ Theory of operation. A task moves through these states:
       submitted <-retry_submit  retry_poll-> polling
 
 and from any live state (submitted, polling, backoff) `fail` leads to failed and `cancel`
-to cancelled. `submitted` means "a createTask is due or in flight", `polling` "the provider
-has the task; a getTaskResult is due or in flight", `backoff` "waiting after a failure
-before the next request". Waiting between polls is not a state of its own: it is part of
+to cancelled. `hold` leaves a live state where it is: it records that the account gate (see
+`captchaflow.policies.FleetGate`) made the job wait before its next request.
+
+`submitted` means "a createTask is due or in flight", `polling` "the provider has the task;
+a getTaskResult is due or in flight", `backoff` "waiting after a failure before the next
+request". Waiting between polls is not a state of its own: it is part of
 polling.
 
 The table `TRANSITIONS` below is plain data, handed to `transitions.Machine` once. Jobs do
@@ -79,6 +82,9 @@ TRANSITIONS: Final[tuple[Edge, ...]] = (
     Edge("defer", (_S.SUBMITTED, _S.POLLING), _S.BACKOFF, "a failure the policy retries later"),
     Edge("retry_submit", (_S.BACKOFF,), _S.SUBMITTED, "the wait is over; create the task"),
     Edge("retry_poll", (_S.BACKOFF,), _S.POLLING, "the wait is over; poll the task again"),
+    Edge("hold", (_S.SUBMITTED,), _S.SUBMITTED, "the account gate holds the next createTask"),
+    Edge("hold", (_S.POLLING,), _S.POLLING, "the account gate holds the next poll"),
+    Edge("hold", (_S.BACKOFF,), _S.BACKOFF, "the account gate holds the retry"),
     Edge("fail", _LIVE, _S.FAILED, "the policy gave up, or the deadline passed"),
     Edge("cancel", _LIVE, _S.CANCELLED, "the caller cancelled the job"),
 )

@@ -28,9 +28,13 @@ from typing import Final, TypeAlias
 import attrs
 
 from captchaflow.policies import (
+    AccountGate,
     Failure,
     GiveUp,
+    Hold,
+    LearningPollSchedule,
     PollSchedule,
+    Refuse,
     Resubmit,
     RetryAfter,
     RetryContext,
@@ -120,12 +124,16 @@ class Job:
     """One captcha task driven to a terminal state. See the module docstring."""
 
     __slots__ = (
+        "_accepted_at",
         "_awaiting",
+        "_hold_reason",
         "_next_at",
         "_previous_delay",
+        "_sent_at",
         "attempt",
         "deadline",
         "error",
+        "gate",
         "history",
         "key",
         "last_failure",
@@ -150,6 +158,7 @@ class Job:
         schedule: PollSchedule,
         now: float,
         timeout: float,
+        gate: AccountGate | None = None,
     ) -> None:
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"timeout must be a positive finite number, got {timeout!r}")
@@ -172,6 +181,12 @@ class Job:
         self._awaiting: Endpoint | None = None
         self._next_at = now
         self._previous_delay: float | None = None
+        self._sent_at = now
+        self._accepted_at = now
+        self._hold_reason: str | None = None
+        self.gate = gate
+        if gate is not None:
+            gate.register(self, now)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -208,8 +223,22 @@ class Job:
         if now >= self.deadline:
             self._fail_deadline(now)
             return FINISHED
+        gate = self.gate
+        endpoint = Endpoint.CREATE_TASK if self.task_id is None else Endpoint.GET_TASK_RESULT
+        if gate is not None:
+            verdict = gate.standing(self, endpoint, now)
+            if verdict is not None and self._held(verdict, now):
+                return FINISHED
         if now < self._next_at:
             return Wait(self._next_at)
+        if gate is not None:
+            decision = gate.admit(self, endpoint, retry=self.attempt > 0, now=now)
+            if isinstance(decision, Refuse | Hold):
+                if self._held(decision, now):
+                    return FINISHED
+                until = decision.until if isinstance(decision, Hold) else None
+                return Wait(min(until, self.deadline) if until is not None else self.deadline)
+            self._hold_reason = None
         if self.state == TaskState.BACKOFF:
             trigger = "retry_submit" if self.task_id is None else "retry_poll"
             self._move(trigger, now, "wait over")
@@ -219,6 +248,7 @@ class Job:
             request = ApiRequest.get_task_result(self.key, self.task_id)
             self.polls += 1
         self._awaiting = request.endpoint
+        self._sent_at = now
         self.requests_sent += 1
         return Send(request)
 
@@ -228,6 +258,9 @@ class Job:
         if endpoint is None:
             raise JobStateError("no request is awaiting a reply")
         self._awaiting = None
+        if self.gate is not None:
+            failure = outcome if isinstance(outcome, Failure) else None
+            self.gate.observe(self, endpoint, failure, sent_at=self._sent_at, now=now)
         if isinstance(outcome, Failure):
             self._on_failure(self._redacted(outcome), now)
         elif isinstance(outcome, Accepted) and endpoint is Endpoint.CREATE_TASK:
@@ -235,6 +268,7 @@ class Job:
             self.attempt = 0
             self.polls = 0
             self._previous_delay = None
+            self._accepted_at = now
             self._move("accept", now, f"task {outcome.task_id!r} accepted")
             self._schedule_poll(now)
         elif isinstance(outcome, Processing) and endpoint is Endpoint.GET_TASK_RESULT:
@@ -244,6 +278,8 @@ class Job:
         elif isinstance(outcome, Solved) and endpoint is Endpoint.GET_TASK_RESULT:
             self.solution = outcome.solution
             self._move("solve", now, f"solved after {self.polls} polls")
+            if isinstance(self.schedule, LearningPollSchedule):
+                self.schedule.observe_solved(now - self._accepted_at)
         else:
             self._awaiting = endpoint
             raise JobStateError(f"{type(outcome).__name__} is not a reply to {endpoint.value}")
@@ -265,6 +301,25 @@ class Job:
         source = self.state
         fire(self, trigger)
         self.history.append(Move(now, source, self.state, trigger, self.key.redact(cause)))
+        if self.gate is not None and self.state in TERMINAL_STATES:
+            self.gate.release(self, now)
+
+    def _held(self, decision: Refuse | Hold, now: float) -> bool:
+        """Apply a gate's refusal or hold; return True if it finished the job."""
+        if isinstance(decision, Refuse):
+            self._fail(decision.failure, now, decision.reason)
+            return True
+        until = decision.until
+        if until is not None and until > self.deadline:
+            if decision.cause is not None:
+                self._fail(decision.cause, now, f"{decision.reason}, past the deadline")
+            else:
+                self._fail_deadline(now, f"{decision.reason}, past the deadline")
+            return True
+        if decision.reason != self._hold_reason:  # record each new reason to wait, once
+            self._hold_reason = decision.reason
+            self._move("hold", now, decision.reason)
+        return False
 
     def _schedule_poll(self, now: float) -> None:
         try:
@@ -307,6 +362,9 @@ class Job:
         if isinstance(decision, Resubmit):
             self.resubmits += 1
             self.task_id = None
+            if self.gate is not None:  # the old task no longer holds a slot
+                self.gate.release(self, now)
+                self.gate.register(self, now)
             self.attempt = 0
             self._previous_delay = None
             cause = f"{what}; resubmit {self.resubmits} in {delay:.3g}s"
@@ -328,9 +386,10 @@ class Job:
             task_id=self.task_id,
         )
 
-    def _fail_deadline(self, now: float) -> None:
+    def _fail_deadline(self, now: float, reason: str = "") -> None:
         last = self.last_failure
-        reason = f"last failure: {_describe(last)}" if last is not None else ""
+        if not reason and last is not None:
+            reason = f"last failure: {_describe(last)}"
         self._move("fail", now, "deadline passed")
         self.error = DeadlineExceededError(
             f"no solution within the deadline (state was {self.history[-1].source})",

@@ -20,7 +20,13 @@ from typing import TypeAlias
 
 import attrs
 
-from captchaflow.policies import DocumentedPolicy, FixedInterval, PollSchedule, RetryPolicy
+from captchaflow.policies import (
+    AccountGate,
+    DocumentedPolicy,
+    FixedInterval,
+    PollSchedule,
+    RetryPolicy,
+)
 from captchaflow.transports import ApiKey, ApiRequest, JsonValue, SimulatedAPI
 
 from ._classify import Outcome, classify
@@ -84,10 +90,11 @@ class SimulationReport:
 class Simulation:
     """Runs jobs on one account of `api` in virtual time.
 
-    `submit()` adds a task (at a virtual time, with optional per-task timeout and policy);
-    `run()` processes every event and returns a `SimulationReport`. Policies given here are
-    shared by the jobs that do not bring their own; a seeded policy makes the run
-    reproducible.
+    With a `gate` (e.g. `FleetGate()`), the jobs coordinate as one account: jobs the gate
+    wakes are re-run at once. `submit()` adds a task (at a virtual time, with optional
+    per-task timeout and policy); `run()` processes every event and returns a
+    `SimulationReport`. Policies given here are shared by the jobs that do not bring their
+    own; a seeded policy makes the run reproducible.
     """
 
     def __init__(
@@ -100,6 +107,7 @@ class Simulation:
         timeout: float = DEFAULT_TIMEOUT,
         on_move: MoveHook | None = None,
         on_exchange: ExchangeHook | None = None,
+        gate: AccountGate | None = None,
     ) -> None:
         self.api = api
         self.key = key if isinstance(key, ApiKey) else ApiKey(key)
@@ -110,8 +118,12 @@ class Simulation:
         self.timeout = timeout
         self.on_move = on_move
         self.on_exchange = on_exchange
+        self.gate = gate
         self.jobs: list[Job] = []
-        self._events: list[tuple[float, int, int, Outcome | None]] = []
+        # (time, sequence, job index, outcome to feed or None, timer epoch or -1)
+        self._events: list[tuple[float, int, int, Outcome | None, int]] = []
+        self._epochs: list[int] = []
+        self._index: dict[int, int] = {}
         self._sequence = itertools.count()
 
     def submit(
@@ -130,39 +142,54 @@ class Simulation:
             schedule=self.poll_schedule,
             now=at,
             timeout=timeout if timeout is not None else self.timeout,
+            gate=self.gate,
         )
+        self._index[id(job)] = len(self.jobs)
         self.jobs.append(job)
-        self._push(at, len(self.jobs) - 1, None)
+        self._epochs.append(0)
+        self._timer(at, len(self.jobs) - 1)
         return job
 
-    def _push(self, at: float, index: int, outcome: Outcome | None) -> None:
-        heapq.heappush(self._events, (at, next(self._sequence), index, outcome))
+    def _timer(self, at: float, index: int) -> None:
+        """Wake job `index` at `at`; any earlier timer of it is void from now on."""
+        self._epochs[index] += 1
+        heapq.heappush(self._events, (at, next(self._sequence), index, None, self._epochs[index]))
 
     def run(self) -> SimulationReport:
         """Process every event until all jobs are finished."""
         events, jobs, api, on_move = self._events, self.jobs, self.api, self.on_move
-        on_exchange = self.on_exchange
+        on_exchange, gate, epochs = self.on_exchange, self.gate, self._epochs
+        in_flight: set[int] = set()
         finished_at: dict[int, float] = {}
         now = 0.0
         while events:
-            now, _, index, outcome = heapq.heappop(events)
+            now, _, index, outcome, epoch = heapq.heappop(events)
+            if epoch >= 0 and (epoch != epochs[index] or index in in_flight):
+                continue  # a timer made void by a later wake-up
             job = jobs[index]
             reported = len(job.history)
             if outcome is not None:
+                in_flight.discard(index)
                 job.feed(outcome, now)
             action = job.next_action(now)
             if isinstance(action, Finished):
-                finished_at[index] = now
+                finished_at.setdefault(index, now)
             elif isinstance(action, Wait):
-                self._push(action.until, index, None)
+                self._timer(action.until, index)
             else:
                 request = action.request
                 delay, result = api.handle(request, now).seen_by_client(job.deadline - now)
                 outcome = classify(request.endpoint, result, wall_time=_EPOCH + now, secret=job.key)
-                self._push(now + delay, index, outcome)
+                in_flight.add(index)
+                heapq.heappush(events, (now + delay, next(self._sequence), index, outcome, -1))
                 if on_exchange is not None:
                     on_exchange(job, request, now, now + delay, outcome)
             if on_move is not None:
                 for move in job.history[reported:]:
                     on_move(job, move)
+            if gate is not None:
+                for woken in gate.wakeups():
+                    other = self._index.get(id(woken))
+                    if other is not None and other not in in_flight and other not in finished_at:
+                        self._timer(now, other)
         return SimulationReport(jobs, api, finished_at, now)

@@ -2,7 +2,21 @@
 built-ins, and poll schedules. Imports only wire types from `captchaflow.transports`."""
 
 from ._failure import CODE_TABLE, Bucket, CodeInfo, Failure, bucket_of_code
-from ._poll import FixedInterval, PollSchedule
+from ._gate import (
+    AccountGate,
+    AdaptiveConcurrency,
+    AdaptiveRate,
+    Admit,
+    CircuitBreaker,
+    FleetGate,
+    GateDecision,
+    Hold,
+    OpenGate,
+    Refuse,
+    RetryBudget,
+    SharedPause,
+)
+from ._poll import AdaptivePoll, FixedInterval, LearningPollSchedule, PollSchedule
 from ._retry import (
     NEVER_RETRIED,
     BackoffPolicy,
@@ -24,8 +38,14 @@ from ._retry import (
 __all__ = [
     "CODE_TABLE",
     "NEVER_RETRIED",
+    "AccountGate",
+    "AdaptiveConcurrency",
+    "AdaptivePoll",
+    "AdaptiveRate",
+    "Admit",
     "BackoffPolicy",
     "Bucket",
+    "CircuitBreaker",
     "CodeInfo",
     "Decision",
     "DecorrelatedJitter",
@@ -35,13 +55,21 @@ __all__ = [
     "Failure",
     "FixedDelay",
     "FixedInterval",
+    "FleetGate",
     "FullJitter",
+    "GateDecision",
     "GiveUp",
+    "Hold",
+    "LearningPollSchedule",
     "NoRetry",
+    "OpenGate",
     "PollSchedule",
+    "Refuse",
     "Resubmit",
     "RetryAfter",
+    "RetryBudget",
     "RetryContext",
     "RetryPolicy",
+    "SharedPause",
     "bucket_of_code",
 ]

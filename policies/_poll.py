@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import math
 from typing import Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["FixedInterval", "PollSchedule"]
+__all__ = ["AdaptivePoll", "FixedInterval", "LearningPollSchedule", "PollSchedule"]
 
 
 @runtime_checkable
@@ -37,3 +39,53 @@ class FixedInterval:
         if poll <= 1 and self.first is not None:
             return self.first
         return self.interval
+
+
+@runtime_checkable
+class LearningPollSchedule(PollSchedule, Protocol):
+    """A poll schedule that learns: jobs report how long each solved task took."""
+
+    def observe_solved(self, seconds: float) -> None:
+        """A task was found solved `seconds` after it was accepted."""
+        ...
+
+
+@attrs.define(kw_only=True)
+class AdaptivePoll:
+    """Learns how long this account's tasks take, and stops polling in the dead time.
+
+    Until `min_samples` solved tasks have been seen it polls every `interval`, the first
+    poll after `interval`. From then on the first poll waits the `quantile` of the last
+    `memory` observed times to solution (at least `interval`), and the rest every
+    `interval`. One schedule is meant to be shared by the jobs of an account.
+    """
+
+    interval: float = attrs.field(default=2.0, validator=_positive)
+    quantile: float = attrs.field(default=0.1)
+    min_samples: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    memory: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    _samples: collections.deque[float] = attrs.field(init=False, factory=collections.deque)
+    _first: float | None = attrs.field(init=False, default=None)
+
+    @quantile.validator
+    def _check_quantile(self, _attribute: attrs.Attribute[float], value: float) -> None:
+        if not 0 <= value <= 1:
+            raise ValueError(f"quantile must be in [0, 1], got {value!r}")
+
+    def delay_before_poll(self, poll: int) -> float:
+        """The learned first wait before poll 1, `interval` before every other."""
+        if poll <= 1 and self._first is not None:
+            return max(self.interval, self._first)
+        return self.interval
+
+    def observe_solved(self, seconds: float) -> None:
+        """Remember one time to solution and update the first wait."""
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            return
+        samples = self._samples
+        samples.append(seconds)
+        if len(samples) > self.memory:
+            samples.popleft()
+        if len(samples) >= self.min_samples:
+            ordered = sorted(samples)
+            self._first = ordered[min(len(ordered) - 1, int(self.quantile * len(ordered)))]

@@ -26,7 +26,10 @@ SPEC = json.loads((pathlib.Path(__file__).parents[1] / "specs" / "task-fsm.json"
 
 def spec_table() -> dict[str, dict[str, str]]:
     """The spec's transitions as `{trigger: {source: dest}}`."""
-    return {t["trigger"]: dict.fromkeys(t["source"], t["dest"]) for t in SPEC["transitions"]}
+    table: dict[str, dict[str, str]] = {}
+    for t in SPEC["transitions"]:
+        table.setdefault(t["trigger"], {}).update(dict.fromkeys(t["source"], t["dest"]))
+    return table
 
 
 class Model:
@@ -83,6 +86,13 @@ def test_spec_comparison_catches_drift(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setattr(fsm_module, "_MACHINE", mutant)
     assert machine_table() != spec_table()
+
+
+def test_only_hold_is_reflexive() -> None:
+    """Only `hold` leaves a state where it is (it records a wait, not a change)."""
+    for trigger, moves in machine_table().items():
+        reflexive = {src for src, dst in moves.items() if src == dst}
+        assert reflexive == (set(moves) if trigger == "hold" else set())
 
 
 def test_terminal_states_have_no_way_out() -> None:

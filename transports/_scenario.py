@@ -86,7 +86,7 @@ class AccountSpec:
       `retryAfterSec` to `plan_quota_resets_at` when that is set.
     """
 
-    key: str = attrs.field(default="test-key")
+    key: str = attrs.field(default="test-key", repr=lambda _key: "'***'")
     name: str = ""
     balance: float | None = attrs.field(default=None, validator=_non_negative)
     price: float = attrs.field(default=0.001, validator=_non_negative)

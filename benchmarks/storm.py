@@ -1,0 +1,216 @@
+"""Retry storm: 1,000 tasks at once on one account, with and without fleet coordination.
+
+In virtual time, against the simulated API, with one seed:
+
+- the account accepts R requests per second (more get 16 RATE_LIMITED with `retryAfterSec`
+  to when its window frees) and solves S tasks at once (more get 2 NO_SLOT_AVAILABLE);
+- `provider-example`: every job on its own with the provider's documented strategy and its
+  example's 6 attempts per request (most tasks are lost: shown for reference);
+- `baseline`: the same strategy without the attempt cap, so every task completes: the
+  figure to beat;
+- `fleet, 2-s polls`: the same policy behind one `FleetGate` (shared pause, circuit
+  breaker, adaptive concurrency, retry budget, adaptive rate), polling every 2 s;
+- `fleet`: the same, with the account's poll schedule learned (`AdaptivePoll`): the
+  engine as we recommend running it; the summary line compares this row.
+
+The bound is the least time the account's limits allow: each task needs at least one
+createTask and one poll (2N / R seconds of requests) and holds a slot for its solve time
+(N * mean solve / S seconds of slots); the larger of the two.
+
+A second case submits the tasks ten a second to an account whose balance runs out after
+100 tasks, and counts the requests sent, after the first ZERO_BALANCE reply, by jobs that
+then fail.
+
+    python benchmarks/storm.py [--tasks N] [--rate R] [--slots S] [--seed S]
+
+The last line is `storm: rejected_vs_baseline=X makespan_vs_baseline=Y makespan_vs_bound=Z`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Callable
+
+import attrs
+
+from captchaflow.engine import Job, Outcome, Simulation, SimulationReport
+from captchaflow.policies import (
+    AccountGate,
+    AdaptivePoll,
+    DocumentedPolicy,
+    Failure,
+    FixedInterval,
+    FleetGate,
+    PollSchedule,
+)
+from captchaflow.transports import AccountSpec, ApiRequest, Scenario, SimulatedAPI, TaskTypeSpec
+
+KEY = "bench-storm-key"
+TASK = {"type": "ImageToTextTask", "body": "aGVsbG8="}
+SOLVE_SECONDS = 10.0
+
+
+@attrs.frozen
+class Row:
+    """One strategy's figures."""
+
+    name: str
+    solved: int
+    failed: int
+    requests: int
+    rejected: int
+    retries: int
+    makespan: float
+    wall: float
+
+
+def scenario(rate: int, slots: int, balance_tasks: int | None = None) -> Scenario:
+    """The storm account."""
+    return Scenario(
+        accounts=(
+            AccountSpec(
+                key=KEY,
+                rate_limit=rate,
+                slots=slots,
+                balance=balance_tasks * 0.001 if balance_tasks is not None else None,
+            ),
+        ),
+        default_task=TaskTypeSpec(solve_seconds=SOLVE_SECONDS, solve_spread=3.0),
+        latency=0.05,
+    )
+
+
+def run(
+    name: str,
+    world: Scenario,
+    tasks: int,
+    seed: int,
+    *,
+    max_attempts: int,
+    gate: AccountGate | None,
+    schedule: PollSchedule | None = None,
+    on_exchange: Callable[[Job, ApiRequest, float, float, Outcome], None] | None = None,
+    arrival_gap: float = 0.0,
+) -> tuple[Row, SimulationReport]:
+    """Run `tasks` jobs, submitted `arrival_gap` seconds apart (all at t=0 by default)."""
+    api = SimulatedAPI(world, seed=seed, keep_log=False)
+    simulation = Simulation(
+        api,
+        key=KEY,
+        policy=DocumentedPolicy(max_attempts=max_attempts, rng=random.Random(seed)),
+        poll_schedule=schedule if schedule is not None else FixedInterval(interval=2.0),
+        timeout=24 * 3600.0,
+        gate=gate,
+        on_exchange=on_exchange,
+    )
+    for n in range(tasks):
+        simulation.submit(TASK, at=n * arrival_gap)
+    started = time.perf_counter()
+    report = simulation.run()
+    wall = time.perf_counter() - started
+    outcomes = api.stats.outcomes
+    rejected = sum(n for label, n in outcomes.items() if label.endswith(("code:16", "code:2")))
+    states = report.states()
+    row = Row(
+        name,
+        states.get("ready", 0),
+        states.get("failed", 0),
+        sum(api.stats.requests.values()),
+        rejected,
+        report.retries(),
+        max(report.finished_at.values(), default=0.0),
+        wall,
+    )
+    return row, report
+
+
+def requests_after_zero_balance(tasks: int, seed: int, gate: AccountGate | None) -> int:
+    """Requests sent after the first ZERO_BALANCE reply by jobs that then failed."""
+    first_seen: list[float] = []
+    sends: list[tuple[Job, float]] = []
+
+    def watch(job: Job, request: ApiRequest, sent: float, seen: float, outcome: Outcome) -> None:
+        sends.append((job, sent))
+        if isinstance(outcome, Failure) and outcome.code == 3:
+            first_seen.append(seen)
+
+    run(
+        "zero-balance",
+        scenario(rate=10_000, slots=10_000, balance_tasks=100),
+        tasks,
+        seed,
+        max_attempts=6,
+        gate=gate,
+        on_exchange=watch,
+        arrival_gap=0.1,
+    )
+    if not first_seen:
+        return 0
+    cutoff = min(first_seen)
+    return sum(1 for job, sent in sends if sent > cutoff and job.state == "failed")
+
+
+def main() -> None:
+    """Run both cases and print the tables and the summary line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--rate", type=int, default=20, help="account requests per second")
+    parser.add_argument("--slots", type=int, default=50, help="account task slots")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    world = scenario(args.rate, args.slots)
+    rows = [
+        run("provider-example", world, args.tasks, args.seed, max_attempts=6, gate=None)[0],
+        run("baseline", world, args.tasks, args.seed, max_attempts=10**9, gate=None)[0],
+        run(
+            "fleet, 2-s polls",
+            world,
+            args.tasks,
+            args.seed,
+            max_attempts=10**9,
+            gate=FleetGate(rng=random.Random(args.seed)),
+        )[0],
+        run(
+            "fleet",
+            world,
+            args.tasks,
+            args.seed,
+            max_attempts=10**9,
+            gate=FleetGate(rng=random.Random(args.seed)),
+            schedule=AdaptivePoll(),
+        )[0],
+    ]
+    bound = max(2 * args.tasks / args.rate, args.tasks * SOLVE_SECONDS / args.slots)
+    print(
+        f"storm: {args.tasks} tasks at once; account {args.rate} req/s, {args.slots} slots; "
+        f"tasks solve in {SOLVE_SECONDS:g}±3 s; bound {bound:.1f} s (virtual time)"
+    )
+    header = f"{'strategy':<20}{'solved':>7}{'failed':>7}{'requests':>10}{'rejected':>10}"
+    header += f"{'retries':>9}{'makespan':>10}{'wall':>8}"
+    print(header)
+    for row in rows:
+        print(
+            f"{row.name:<20}{row.solved:>7}{row.failed:>7}{row.requests:>10}{row.rejected:>10}"
+            f"{row.retries:>9}{row.makespan:>9.1f}s{row.wall:>7.2f}s"
+        )
+    base, fleet = rows[1], rows[-1]
+    after_base = requests_after_zero_balance(args.tasks, args.seed, None)
+    after_fleet = requests_after_zero_balance(
+        args.tasks, args.seed, FleetGate(rng=random.Random(args.seed))
+    )
+    print(
+        f"zero balance after 100 tasks: requests after the first ZERO_BALANCE by jobs that "
+        f"then failed: baseline {after_base}, fleet {after_fleet}"
+    )
+    print(f"requests_after_zero_balance={after_fleet}")
+    print(
+        f"storm: rejected_vs_baseline={fleet.rejected / max(base.rejected, 1):.4f} "
+        f"makespan_vs_baseline={fleet.makespan / base.makespan:.3f} "
+        f"makespan_vs_bound={fleet.makespan / bound:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
