@@ -6,8 +6,8 @@ The sans-IO core (`_classify`, `_fsm`, `_job`, `_errors`) imports no I/O library
 
 from ._classify import Accepted, Outcome, Processing, Solved, classify, parse_retry_after
 from ._clock import Clock, SystemClock, VirtualClock
-from ._driver import MoveHook, drive, log_move
-from ._engine import DEFAULT_TIMEOUT, Engine, solve
+from ._driver import MoveHook, Waker, drive, log_move
+from ._engine import DEFAULT_TIMEOUT, Engine, solve, solve_many
 from ._errors import (
     BadRequestError,
     CaptchaflowError,
@@ -82,6 +82,7 @@ __all__ = [
     "UnsolvableError",
     "VirtualClock",
     "Wait",
+    "Waker",
     "classify",
     "drive",
     "error_class_for",
@@ -91,5 +92,6 @@ __all__ = [
     "machine_table",
     "parse_retry_after",
     "solve",
+    "solve_many",
     "validate_task",
 ]

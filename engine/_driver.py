@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TypeAlias
+
+import anyio
 
 from captchaflow.transports import ApiReply, ApiRequest, SentNoReply, Transport, TransportError
 
@@ -13,7 +15,7 @@ from ._clock import Clock
 from ._fsm import Move
 from ._job import Finished, Job, Wait
 
-__all__ = ["MoveHook", "drive", "log_move"]
+__all__ = ["MoveHook", "Waker", "drive", "log_move"]
 
 MoveHook: TypeAlias = Callable[[Job, Move], None]
 """Called once for every move of every job, in order (for logging, metrics, tracing)."""
@@ -33,15 +35,63 @@ def log_move(job: Job, move: Move) -> None:
     )
 
 
+class Waker:
+    """Lets an account gate cut a sleeping job's wait short (jobs of one engine share one).
+
+    A job with a gate waits for its timer *or* a wake-up, whichever comes first; after
+    every step the driver hands the gate's `wakeups()` to `wake()`.
+    """
+
+    __slots__ = ("_events",)
+
+    def __init__(self) -> None:
+        self._events: dict[int, anyio.Event] = {}
+
+    async def wait(self, job: Job, until: float, clock: Clock) -> None:
+        """Return at `until` on `clock`, or as soon as `job` is woken."""
+        event = self._events[id(job)] = anyio.Event()
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def timer() -> None:
+                    await clock.sleep_until(until)
+                    group.cancel_scope.cancel()
+
+                async def alarm() -> None:
+                    await event.wait()
+                    group.cancel_scope.cancel()
+
+                group.start_soon(timer)
+                group.start_soon(alarm)
+        finally:
+            self._events.pop(id(job), None)
+
+    def wake(self, jobs: Iterable[Hashable]) -> None:
+        """Wake every job of `jobs` that is waiting."""
+        for job in jobs:
+            event = self._events.get(id(job))
+            if event is not None:
+                event.set()
+
+
 async def drive(
-    job: Job, transport: Transport, clock: Clock, *, on_move: MoveHook | None = log_move
+    job: Job,
+    transport: Transport,
+    clock: Clock,
+    *,
+    on_move: MoveHook | None = log_move,
+    waker: Waker | None = None,
 ) -> Job:
     """Run `job` until it is finished and return it.
 
     Each request is bounded by the time left before the job's deadline. If the caller
     cancels (an anyio cancel scope, a KeyboardInterrupt), the job is moved to `cancelled`
-    before the cancellation propagates, so no job is ever left live by a dead driver.
+    before the cancellation propagates, so no job is ever left live by a dead driver. With
+    a gate, jobs of one account share `waker`, so the gate can wake sleeping jobs.
     """
+    gate = job.gate
+    if gate is not None and waker is None:
+        waker = Waker()
     reported = 0
 
     def report() -> None:
@@ -59,18 +109,25 @@ async def drive(
             if isinstance(action, Finished):
                 break
             if isinstance(action, Wait):
-                await clock.sleep_until(action.until)
+                if waker is not None:
+                    await waker.wait(job, action.until, clock)
+                else:
+                    await clock.sleep_until(action.until)
             else:
                 request = action.request
                 reply = await _send(transport, request, job.deadline - now)
                 outcome = classify(request.endpoint, reply, wall_time=clock.wall(), secret=job.key)
                 job.feed(outcome, clock.now())
                 report()
+            if gate is not None and waker is not None:
+                waker.wake(gate.wakeups())
     except BaseException:
         job.cancel(clock.now(), "the driver was cancelled")
         raise
     finally:
         report()
+        if gate is not None and waker is not None:
+            waker.wake(gate.wakeups())  # a finished job may free a slot for another
     return job
 
 

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Literal
 
-from captchaflow.policies import DocumentedPolicy, FixedInterval, PollSchedule, RetryPolicy
+import anyio
+import anyio.from_thread
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from captchaflow.policies import (
+    AccountGate,
+    DocumentedPolicy,
+    FixedInterval,
+    FleetGate,
+    PollSchedule,
+    RetryPolicy,
+)
 from captchaflow.transports import DEFAULT_BASE_URL, ApiKey, HttpxTransport, JsonValue, Transport
 
 from ._clock import Clock, SystemClock
-from ._driver import MoveHook, drive, log_move
-from ._job import Job
+from ._driver import MoveHook, Waker, drive, log_move
+from ._errors import InvalidTaskError
+from ._job import Job, validate_task
 
-__all__ = ["DEFAULT_TIMEOUT", "Engine", "solve"]
+__all__ = ["DEFAULT_TIMEOUT", "Engine", "solve", "solve_many"]
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -34,6 +47,9 @@ class Engine:
     - `timeout`: the default deadline of each task, in seconds from its start.
     - `clock`: where time comes from (`SystemClock` by default).
     - `on_move`: called for every state change of every job (default: a DEBUG log record).
+    - `gate`: how the jobs of this engine (one account) coordinate; by default a
+      `FleetGate` (shared pause, circuit breaker, adaptive concurrency, retry budget,
+      adaptive rate); `OpenGate()` turns coordination off.
     """
 
     def __init__(
@@ -47,6 +63,7 @@ class Engine:
         timeout: float = DEFAULT_TIMEOUT,
         clock: Clock | None = None,
         on_move: MoveHook | None = log_move,
+        gate: AccountGate | None = None,
     ) -> None:
         _check_timeout(timeout)
         self._key = _as_key(key)
@@ -59,6 +76,8 @@ class Engine:
         self.timeout = timeout
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.on_move = on_move
+        self.gate: AccountGate = gate if gate is not None else FleetGate()
+        self._waker = Waker()
 
     def job(
         self,
@@ -79,6 +98,7 @@ class Engine:
             schedule=poll_schedule if poll_schedule is not None else self.poll_schedule,
             now=self.clock.now(),
             timeout=timeout if timeout is not None else self.timeout,
+            gate=self.gate,
         )
 
     async def run(
@@ -92,7 +112,66 @@ class Engine:
         """Drive one task to a terminal state and return its finished `Job` (which holds the
         solution or the error, and the history). Raises only `InvalidTaskError`."""
         job = self.job(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
-        return await drive(job, self.transport, self.clock, on_move=self.on_move)
+        return await drive(job, self.transport, self.clock, on_move=self.on_move, waker=self._waker)
+
+    @contextlib.asynccontextmanager
+    async def solve_many(
+        self,
+        tasks: Iterable[Mapping[str, JsonValue]],
+        *,
+        max_in_flight: int = 100,
+        timeout: float | None = None,
+        policy: RetryPolicy | None = None,
+        poll_schedule: PollSchedule | None = None,
+    ) -> AsyncIterator[MemoryObjectReceiveStream[Job]]:
+        """Run every task, at most `max_in_flight` at a time; the stream yields each
+        finished `Job` as it finishes::
+
+            async with engine.solve_many(tasks) as finished:
+                async for job in finished:
+                    print(job.solution or job.error)
+
+        Every task is validated before anything is sent (`InvalidTaskError` names the
+        first bad one). Each task's deadline runs from when it starts. Leaving the block
+        early cancels the jobs still running (each ends `cancelled`).
+        """
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
+        if timeout is not None:
+            _check_timeout(timeout)
+        batch = list(tasks)
+        for index, task in enumerate(batch):
+            try:
+                validate_task(task)
+            except InvalidTaskError as exc:
+                raise InvalidTaskError(f"task {index}: {exc.message}") from None
+        send, receive = anyio.create_memory_object_stream[Job](max_buffer_size=len(batch) or 1)
+        limiter = anyio.CapacityLimiter(max_in_flight)
+
+        async def one(task: Mapping[str, JsonValue], token: object) -> None:
+            try:
+                job = self.job(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
+                await drive(
+                    job, self.transport, self.clock, on_move=self.on_move, waker=self._waker
+                )
+                send.send_nowait(job)
+            finally:
+                limiter.release_on_behalf_of(token)
+
+        async def feed() -> None:
+            async with send, anyio.create_task_group() as runners:
+                for task in batch:
+                    token = object()  # the task's own place among the max_in_flight
+                    await limiter.acquire_on_behalf_of(token)
+                    runners.start_soon(one, task, token)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(feed)
+            try:
+                async with receive:
+                    yield receive
+            finally:
+                group.cancel_scope.cancel()
 
     async def solve(
         self,
@@ -141,7 +220,6 @@ def solve(
     Returns the solution or raises a `CaptchaflowError` subclass. Must not be called from
     inside a running event loop: use `Engine.solve` there.
     """
-    import anyio
 
     async def run() -> Mapping[str, JsonValue]:
         engine = Engine(
@@ -162,3 +240,52 @@ def solve(
 def _check_timeout(timeout: float) -> None:
     if not (timeout > 0 and math.isfinite(timeout)):
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout!r}")
+
+
+def solve_many(
+    tasks: Iterable[Mapping[str, JsonValue]],
+    *,
+    key: str | ApiKey,
+    base_url: str = DEFAULT_BASE_URL,
+    transport: Transport | None = None,
+    policy: RetryPolicy | None = None,
+    poll_schedule: PollSchedule | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_in_flight: int = 100,
+    gate: AccountGate | None = None,
+    on_move: MoveHook | None = log_move,
+    backend: Literal["asyncio", "trio"] = "asyncio",
+) -> Iterator[Job]:
+    """Run many tasks synchronously; yield each finished `Job` as it finishes.
+
+    The engine runs in a background event loop; stopping the iteration early (or an
+    exception in the loop body) cancels the jobs still running. See `Engine.solve_many`.
+    """
+    with anyio.from_thread.start_blocking_portal(backend) as portal:
+        engine = portal.call(
+            functools.partial(
+                _make_engine,
+                key,
+                base_url=base_url,
+                transport=transport,
+                policy=policy,
+                poll_schedule=poll_schedule,
+                timeout=timeout,
+                on_move=on_move,
+                gate=gate,
+            )
+        )
+        try:
+            batch = engine.solve_many(tasks, max_in_flight=max_in_flight)
+            with portal.wrap_async_context_manager(batch) as finished:
+                while True:
+                    try:
+                        yield portal.call(finished.receive)
+                    except anyio.EndOfStream:
+                        return
+        finally:
+            portal.call(engine.aclose)
+
+
+async def _make_engine(key: str | ApiKey, **options: object) -> Engine:
+    return Engine(key, **options)  # type: ignore[arg-type]

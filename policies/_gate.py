@@ -397,6 +397,10 @@ class AdaptiveRate:
     increase: float = 0.05
     headroom: float = 0.95
     min_rate: float = 0.1
+    min_evidence: int = 5
+    """A rate limit seen with fewer of our requests accepted in the window than this (a
+    quiet account, or other clients on the key) teaches no rate; the shared pause still
+    applies."""
     rate: float | None = None
     ceiling: float | None = None
     next_free: float = 0.0
@@ -439,6 +443,8 @@ class AdaptiveRate:
         if not limited:
             window.append(sent_at)
             return
+        if len(window) < self.min_evidence:
+            return  # too little of our own traffic to measure the limit: the pause suffices
         ceiling = max(self.min_rate, len(window) / self.window)
         self.ceiling = ceiling if self.ceiling is None else min(self.ceiling, ceiling)
         measured = max(self.min_rate, self.safety * ceiling)

@@ -1,9 +1,8 @@
 """A pytest plugin that fails any test whose captured output reveals a test API key.
 
 Loaded by conftest for the whole suite: for every test phase it scans captured stdout,
-stderr, log records (the suite captures logs at DEBUG, so every state-change record is
-scanned) and the failure report, and turns the test into a failure if any of `SECRETS`
-appears. Tests that run subprocesses (the CLI) or benchmarks check their outputs against
+stderr and log records (the suite captures logs at DEBUG, so every state-change record is
+scanned), and turns the test into a failure if any of `SECRETS` appears. Tests that run subprocesses (the CLI) or benchmarks check their outputs against
 the same list.
 """
 
@@ -35,10 +34,10 @@ def pytest_runtest_makereport(
     """Fail the phase whose captured output or report contains a secret."""
     outcome = yield
     report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
-    # Only this phase's sections: later phases' reports repeat the earlier ones.
+    # Only this phase's sections: later phases' reports repeat the earlier ones. (A failed
+    # test's own report is not scanned: pytest prints the test's arguments there, keys
+    # included, and hiding the real failure would help nobody.)
     texts = [content for title, content in report.sections if title.endswith(report.when)]
-    if report.longrepr is not None:
-        texts.append(str(report.longrepr))
     leaked = leaked_in(*texts)
     if leaked:
         report.outcome = "failed"
