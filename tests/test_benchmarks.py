@@ -1,0 +1,38 @@
+"""The benchmark scripts run (small sizes), print their summary line, and never print a key."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+KEYS = ("bench-storm-key", "demo-key")
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "summary"),
+    [
+        (
+            "storm.py",
+            ["--tasks", "60", "--rate", "10", "--slots", "8"],
+            "storm: rejected_vs_baseline=",
+        ),
+        ("jitter.py", ["--clients", "5,10", "--runs", "2"], "jitter: calls_vs_no_jitter"),
+        ("simulation.py", ["--tasks", "50"], "simulation: jobs=50"),
+    ],
+)
+def test_benchmark_runs_and_prints_its_summary(script: str, args: list[str], summary: str) -> None:
+    """The script exits 0 with its summary as the last line, and no account key anywhere."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith(summary)
+    assert not any(key in proc.stdout + proc.stderr for key in KEYS)
