@@ -2,8 +2,8 @@
 
 Loaded by conftest for the whole suite: for every test phase it scans captured stdout,
 stderr and log records (the suite captures logs at DEBUG, so every state-change record is
-scanned), and turns the test into a failure if any of `SECRETS` appears. Tests that run subprocesses (the CLI) or benchmarks check their outputs against
-the same list.
+scanned), and turns the test into a failure if any of `SECRETS` appears. Tests that run
+subprocesses (the CLI, the benchmarks) check those outputs themselves.
 """
 
 from __future__ import annotations
