@@ -222,12 +222,13 @@ def _parse_json(body: bytes) -> JsonValue:
 
 
 def _as_code(value: JsonValue) -> int | None:
-    """An error code: an integer, or a string or float holding one (lenient, documented)."""
+    """An error code: an integer, or a string or float holding one (lenient, documented);
+    anything outside a 32-bit range is not a code."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
+        return value if abs(value) < 2**31 else None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**31:
         return int(value)
     if isinstance(value, str):
         digits = value.strip()

@@ -65,7 +65,7 @@ class HttpxTransport:
     - Redirects are never followed: a POST carrying the key goes only where it was aimed.
     """
 
-    __slots__ = ("_client", "_max_reply_bytes", "base_url")
+    __slots__ = ("_client", "_max_reply_bytes", "_slots", "base_url")
 
     def __init__(
         self,
@@ -94,6 +94,9 @@ class HttpxTransport:
                 stacklevel=2,
             )
         self._max_reply_bytes = max_reply_bytes
+        # Requests beyond the pool wait here, in O(1), not in httpcore's queue (rescanned
+        # on every change: O(n^2) for n waiting); and a wait cut short here was not sent.
+        self._slots = anyio.Semaphore(max_connections)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             limits=httpx.Limits(
@@ -108,9 +111,14 @@ class HttpxTransport:
         """POST the request and return the reply, or raise a `TransportError`."""
         if timeout is not None and timeout <= 0:
             raise NotSent("no time left to send the request")
+        acquired = False
         with anyio.move_on_after(timeout) as scope:
-            return await self._exchange(request)
+            async with self._slots:
+                acquired = True
+                return await self._exchange(request)
         assert scope.cancelled_caught
+        if not acquired:
+            raise NotSent(f"no connection free within {timeout:.3g}s")
         raise SentNoReply(f"no reply within {timeout:.3g}s")
 
     async def _exchange(self, request: ApiRequest) -> ApiReply:
@@ -120,7 +128,11 @@ class HttpxTransport:
                 "POST",
                 url,
                 content=request.body(),
-                headers={"content-type": "application/json", "accept": "application/json"},
+                headers={
+                    "content-type": "application/json",
+                    "accept": "application/json",
+                    "accept-encoding": "identity",
+                },
             ) as response:
                 body = await self._read_capped(response)
                 return ApiReply(response.status_code, body, dict(response.headers))
@@ -133,12 +145,15 @@ class HttpxTransport:
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         cap = self._max_reply_bytes
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):  # decoding would inflate past the cap unseen
+            raise BadReply(f"unrequested content-encoding {encoding!r}")
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             raise BadReply(f"reply of {declared} bytes exceeds the {cap}-byte cap")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():
             size += len(chunk)
             if size > cap:
                 raise BadReply(f"reply exceeds the {cap}-byte cap")

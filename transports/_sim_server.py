@@ -79,6 +79,9 @@ class SimulatorServer:
         "_port",
         "_started",
         "api",
+        "connections_accepted",
+        "connections_open",
+        "connections_peak",
         "host",
         "idle_timeout",
         "max_body_bytes",
@@ -110,6 +113,11 @@ class SimulatorServer:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._started = 0.0
         self._port: int | None = None
+        # Connection counters, for tests of client resource bounds: accepted in all, open
+        # now (accepted and not yet closed by this server), and the most open at once.
+        self.connections_accepted = 0
+        self.connections_open = 0
+        self.connections_peak = 0
 
     @property
     def base_url(self) -> str:
@@ -149,6 +157,15 @@ class SimulatorServer:
             await stack.aclose()
 
     async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
+        self.connections_accepted += 1
+        self.connections_open += 1
+        self.connections_peak = max(self.connections_peak, self.connections_open)
+        try:
+            await self._serve_stream(stream)
+        finally:
+            self.connections_open -= 1
+
+    async def _serve_stream(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
             connection = _Connection(self, stream)
             try:
