@@ -70,6 +70,20 @@ def test_ten_or_more_digit_string_code_is_malformed(digits: str) -> None:
     assert failure.code is None
 
 
+@pytest.mark.parametrize("code", [2**30, 2**31 - 1, -(2**31 - 1), 2147483647.0, -2147483647.0])
+def test_codes_inside_the_32_bit_range_are_read(code: float) -> None:
+    """An integer (or integral float) code with |code| < 2**31 is read as that code."""
+    failure = failure_of(classify_json({"code": code}))
+    assert (failure.bucket, failure.code) == (Bucket.UNKNOWN_CODE, int(code))
+
+
+@pytest.mark.parametrize("code", [2**31, -(2**31), 2**32, 3**31, 2147483648.0, -2147483648.0])
+def test_codes_outside_the_32_bit_range_are_malformed(code: float) -> None:
+    """An integer (or integral float) code with |code| >= 2**31 is not a code: MALFORMED."""
+    failure = failure_of(classify_json({"code": code}))
+    assert (failure.bucket, failure.code) == (Bucket.MALFORMED, None)
+
+
 def test_accepted_keeps_task_id() -> None:
     """Sanity: a createTask reply with a task id is Accepted (the helpers above work)."""
     assert classify_json({"taskId": 7}, endpoint=CREATE) == Accepted(7)
@@ -143,6 +157,14 @@ def test_message_over_200_chars_is_cut_to_exactly_200(length: int) -> None:
     """A longer message is cut to exactly 200 characters: 197 of the text, then '...'."""
     message = failure_of(classify(RESULT, NotSent("y" * length))).message
     assert message == "y" * 197 + "..."
+
+
+def test_classify_options_are_keyword_only() -> None:
+    """`wall_time` and `secret` can only be passed by keyword."""
+    reply = ApiReply.json({"status": "processing"})
+    assert classify(endpoint=RESULT, result=reply, wall_time=1.0) == classify(RESULT, reply)
+    with pytest.raises(TypeError):
+        classify(RESULT, reply, 1.0)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(
