@@ -77,7 +77,9 @@ def test_codes_inside_the_32_bit_range_are_read(code: float) -> None:
     assert (failure.bucket, failure.code) == (Bucket.UNKNOWN_CODE, int(code))
 
 
-@pytest.mark.parametrize("code", [2**31, -(2**31), 2**32, 3**31, 2147483648.0, -2147483648.0])
+@pytest.mark.parametrize(
+    "code", [2**31, -(2**31), 2**32, 3**31, 2147483648.0, -2147483648.0, 4294967296.0, 1e20]
+)
 def test_codes_outside_the_32_bit_range_are_malformed(code: float) -> None:
     """An integer (or integral float) code with |code| >= 2**31 is not a code: MALFORMED."""
     failure = failure_of(classify_json({"code": code}))
