@@ -10,7 +10,7 @@ edit it, and cosmic-ray rewrites files in place). Steps:
    files and a mutation written into the copy is what the tests import;
 3. check that the unmutated tests pass in every copy (this also sets the per-mutant timeout),
    and record which `captchaflow` modules each test file imports: a file that never imports a
-   module cannot kill its mutants, so it is left out of that module's test command;
+   module, or never names anything it defines, is left out of that module's test command;
 4. one cosmic-ray session per module, its own test file first so `-x` stops early; mutations
    inside type annotations are skipped (with `from __future__ import annotations` they are
    never evaluated, so every such mutant is equivalent), and `--limit` keeps a seeded sample;
@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -212,8 +213,14 @@ def install(worker: Worker) -> None:
         raise RuntimeError(f"captchaflow.engine imports {imported}, not the copy in {worker.root}")
 
 
+# Modules whose tests live in a file not named after them.
+OWN_TESTS = {"policies/_gate.py": "tests/test_fleet.py"}
+
+
 def own_test(module: str) -> str:
     """`engine/_fsm.py` -> `tests/test_fsm.py`; policies without a file of their own share one."""
+    if module in OWN_TESTS:
+        return OWN_TESTS[module]
     own = f"tests/test_{Path(module).stem.lstrip('_')}.py"
     if module.startswith("policies/") and not (ROOT / own).exists():
         return "tests/test_policies.py"
@@ -262,10 +269,36 @@ def dotted_name(module: str) -> str:
     return ".".join(("captchaflow", *parts))
 
 
-def test_files(module: str, imports: dict[str, set[str]]) -> list[str]:
-    """The test files that import `module`: the killers (small and fast) first, then its own
-    file, then the rest; `-x` stops at the first failure."""
-    relevant = [t for t in imports if dotted_name(module) in imports[t]]
+def defined_names(source: str) -> set[str]:
+    """The names a module defines at its top level (classes, functions, assignments)."""
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def names_any(root: Path, test_file: str, names: set[str]) -> bool:
+    """Whether the test file's text names any of `names` (as a whole word)."""
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", (root / test_file).read_text()))
+    return bool(words & names)
+
+
+def test_files(root: Path, module: str, imports: dict[str, set[str]]) -> list[str]:
+    """The test files that import `module` and name something it defines (every test file
+    imports the whole `policies` package, but the conformance tests never touch the gates): the
+    killers (small and fast) first, then its own file, then the rest; `-x` stops at the first
+    failure. The killers and the module's own file are always kept."""
+    names = defined_names((root / module).read_text())
+    relevant = [
+        t
+        for t in imports
+        if dotted_name(module) in imports[t]
+        and (t in (TESTS[-1], own_test(module)) or names_any(root, t, names))
+    ]
     first = [t for t in (TESTS[-1], own_test(module)) if t in relevant]
     return first + [t for t in relevant if t not in first]
 
@@ -574,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = module.replace("/", "_").removesuffix(".py")
             configs[module] = sessions_dir / f"{name}.toml"
             sessions[module] = sessions_dir / f"{name}.sqlite"
-            selected = test_files(module, imports)
+            selected = test_files(head.root, module, imports)
             log(f"{module}: tests {' '.join(selected)}")
             command = " ".join([f"{VENV}/bin/python", *PYTEST_ARGS, *selected])
             write_config(configs[module], module, command, timeout, workers)

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import anyio
 import anyio.from_thread
@@ -27,9 +27,23 @@ from ._driver import MoveHook, Waker, drive, log_move
 from ._errors import InvalidTaskError
 from ._job import Job, validate_task
 
-__all__ = ["DEFAULT_TIMEOUT", "Engine", "solve", "solve_many"]
+__all__ = ["DEFAULT_TIMEOUT", "Engine", "EngineOptions", "solve", "solve_many"]
 
 DEFAULT_TIMEOUT = 120.0
+
+
+class EngineOptions(TypedDict, total=False):
+    """The keyword arguments of `Engine` other than the key, which the sync facades `solve` and
+    `solve_many` pass on to the engine they build; see `Engine` for what each one means."""
+
+    base_url: str
+    transport: Transport | None
+    policy: RetryPolicy | None
+    poll_schedule: PollSchedule | None
+    timeout: float
+    clock: Clock | None
+    on_move: MoveHook | None
+    gate: AccountGate | None
 
 
 def _as_key(key: str | ApiKey) -> ApiKey:
@@ -207,34 +221,20 @@ def solve(
     task: Mapping[str, JsonValue],
     *,
     key: str | ApiKey,
-    base_url: str = DEFAULT_BASE_URL,
-    transport: Transport | None = None,
-    policy: RetryPolicy | None = None,
-    poll_schedule: PollSchedule | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    on_move: MoveHook | None = log_move,
     backend: Literal["asyncio", "trio"] = "asyncio",
+    **options: Unpack[EngineOptions],
 ) -> Mapping[str, JsonValue]:
-    """Solve one task synchronously (runs its own event loop); see `Engine` for arguments.
+    """Solve one task synchronously (runs its own event loop); `options` are `Engine`'s.
 
     Returns the solution or raises a `CaptchaflowError` subclass. Must not be called from
     inside a running event loop: use `Engine.solve` there.
     """
 
     async def run() -> Mapping[str, JsonValue]:
-        engine = Engine(
-            key,
-            base_url=base_url,
-            transport=transport,
-            policy=policy,
-            poll_schedule=poll_schedule,
-            timeout=timeout,
-            on_move=on_move,
-        )
-        async with engine:
+        async with Engine(key, **options) as engine:
             return await engine.solve(task)
 
-    return anyio.run(functools.partial(run), backend=backend)
+    return anyio.run(run, backend=backend)
 
 
 def _check_timeout(timeout: float) -> None:
@@ -246,35 +246,18 @@ def solve_many(
     tasks: Iterable[Mapping[str, JsonValue]],
     *,
     key: str | ApiKey,
-    base_url: str = DEFAULT_BASE_URL,
-    transport: Transport | None = None,
-    policy: RetryPolicy | None = None,
-    poll_schedule: PollSchedule | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
     max_in_flight: int = 100,
-    gate: AccountGate | None = None,
-    on_move: MoveHook | None = log_move,
     backend: Literal["asyncio", "trio"] = "asyncio",
+    **options: Unpack[EngineOptions],
 ) -> Iterator[Job]:
-    """Run many tasks synchronously; yield each finished `Job` as it finishes.
+    """Run many tasks synchronously; yield each finished `Job` as it finishes; `options` are
+    `Engine`'s.
 
     The engine runs in a background event loop; stopping the iteration early (or an
     exception in the loop body) cancels the jobs still running. See `Engine.solve_many`.
     """
     with anyio.from_thread.start_blocking_portal(backend) as portal:
-        engine = portal.call(
-            functools.partial(
-                _make_engine,
-                key,
-                base_url=base_url,
-                transport=transport,
-                policy=policy,
-                poll_schedule=poll_schedule,
-                timeout=timeout,
-                on_move=on_move,
-                gate=gate,
-            )
-        )
+        engine = portal.call(functools.partial(_make_engine, key, options))
         try:
             batch = engine.solve_many(tasks, max_in_flight=max_in_flight)
             with portal.wrap_async_context_manager(batch) as finished:
@@ -287,5 +270,6 @@ def solve_many(
             portal.call(engine.aclose)
 
 
-async def _make_engine(key: str | ApiKey, **options: object) -> Engine:
-    return Engine(key, **options)  # type: ignore[arg-type]
+async def _make_engine(key: str | ApiKey, options: EngineOptions) -> Engine:
+    # Built inside the portal's event loop, which the engine's transport then belongs to.
+    return Engine(key, **options)

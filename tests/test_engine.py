@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import typing
 from collections.abc import Callable
 
 import anyio
@@ -11,7 +13,9 @@ import pytest
 from captchaflow.engine import (
     ConnectionFailedError,
     Engine,
+    EngineOptions,
     InvalidTaskError,
+    Job,
     Move,
     NoReplyError,
     PermanentError,
@@ -20,7 +24,7 @@ from captchaflow.engine import (
     drive,
     solve,
 )
-from captchaflow.policies import DocumentedPolicy, FixedInterval, NoRetry
+from captchaflow.policies import DocumentedPolicy, FixedInterval, NoRetry, OpenGate
 from captchaflow.transports import (
     ApiReply,
     ApiRequest,
@@ -200,6 +204,37 @@ def test_sync_solve_under_trio(secret_key: str) -> None:
         backend="trio",
     )
     assert solution == {"text": "xyz"}
+
+
+def test_engine_options_name_every_engine_keyword() -> None:
+    """`EngineOptions` (what the sync facades pass on) names exactly `Engine`'s keyword
+    arguments, with the same annotations: the facades cannot drift from the engine."""
+    params = inspect.signature(Engine.__init__).parameters.values()
+    hints = typing.get_type_hints(Engine.__init__)
+    keywords = {p.name: hints[p.name] for p in params if p.kind is p.KEYWORD_ONLY}
+    assert typing.get_type_hints(EngineOptions) == keywords
+
+
+def test_sync_solve_passes_engine_options_on(secret_key: str) -> None:
+    """Every `Engine` option reaches the engine the sync facade builds (here `gate` and
+    `on_move`), and an unknown one is a TypeError, not ignored."""
+    moves: list[Move] = []
+
+    def record(job: Job, move: Move) -> None:
+        moves.append(move)
+
+    solution = solve(
+        TASK,
+        key=secret_key,
+        transport=HandlerTransport(scripted([OK_CREATE], [READY])),
+        poll_schedule=FixedInterval(interval=0.01),
+        gate=OpenGate(),
+        on_move=record,
+    )
+    assert solution == {"text": "xyz"}
+    assert [m.trigger for m in moves] == ["accept", "solve"]
+    with pytest.raises(TypeError, match="colour"):
+        solve(TASK, key=secret_key, colour="blue")  # type: ignore[call-arg]
 
 
 def test_sync_solve_raises_typed_error(secret_key: str) -> None:
