@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import pytest
@@ -259,14 +259,20 @@ async def run_scripted_job(
     return job, clock.now()
 
 
-def check_whole_job(
-    script: Sequence[ApiReply | Exception],
-    latencies: Sequence[float],
-    recipe: PolicyRecipe,
-    timeout: float,
-    open_gate: bool,
-) -> None:
-    """The whole-job property for one script."""
+class JobCase(NamedTuple):
+    """One generated whole-job run: what the network answers, how long each exchange takes,
+    the policy, the deadline and whether the account gate is off."""
+
+    script: Sequence[ApiReply | Exception]
+    latencies: Sequence[float]
+    recipe: PolicyRecipe
+    timeout: float
+    open_gate: bool
+
+
+def check_whole_job(case: JobCase) -> None:
+    """The whole-job property for one case."""
+    script, latencies, recipe, timeout, open_gate = case
     try:
         job, finished_at = anyio.run(
             run_scripted_job, script, latencies, recipe, timeout, open_gate
@@ -307,19 +313,16 @@ latency_lists = st.lists(st.floats(min_value=0.0, max_value=POLL), min_size=1, m
 timeouts = st.sampled_from([0.5, 3.0, 60.0]) | st.floats(min_value=0.1, max_value=300.0)
 
 
-@given(scripts, latency_lists, policy_recipes, timeouts, st.booleans())
-def test_whole_job_survives_fuzzed_replies(
-    script: list[ApiReply | Exception],
-    latencies: list[float],
-    recipe: PolicyRecipe,
-    timeout: float,
-    open_gate: bool,
-) -> None:
+job_cases = st.builds(JobCase, scripts, latency_lists, policy_recipes, timeouts, st.booleans())
+
+
+@given(job_cases)
+def test_whole_job_survives_fuzzed_replies(case: JobCase) -> None:
     """Any sequence of replies and failures: the job ends terminal, by its deadline plus one
     poll interval, with a solution it was sent or a CaptchaflowError, and nothing else is
     ever raised."""
-    count(script)
-    check_whole_job(script, latencies, recipe, timeout, open_gate)
+    count(case.script)
+    check_whole_job(case)
 
 
 class ScriptedAPI(SimulatedAPI):
@@ -413,15 +416,9 @@ def caught() -> str | None:
     monkeypatched), or None if it holds on all of them."""
 
     @MUTANT_SETTINGS
-    @given(scripts, latency_lists, policy_recipes, timeouts, st.booleans())
-    def prop(
-        script: list[ApiReply | Exception],
-        latencies: list[float],
-        recipe: PolicyRecipe,
-        timeout: float,
-        open_gate: bool,
-    ) -> None:
-        check_whole_job(script, latencies, recipe, timeout, open_gate)
+    @given(job_cases)
+    def prop(case: JobCase) -> None:
+        check_whole_job(case)
 
     try:
         prop()
