@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from captchaflow.policies import (
+    BackoffPolicy,
     Bucket,
     DecorrelatedJitter,
     DocumentedPolicy,
@@ -36,6 +37,7 @@ from captchaflow.transports import (
 )
 
 __all__ = [
+    "BACKOFF_CLASSES",
     "DOCUMENTED_CODES",
     "PolicyRecipe",
     "api_replies",
@@ -55,6 +57,17 @@ __all__ = [
 ]
 
 DOCUMENTED_CODES: tuple[int, ...] = tuple(int(code) for code in ErrorCode)
+"""Every error code the provider's page documents."""
+
+BACKOFF_CLASSES: list[type[BackoffPolicy]] = [
+    DocumentedPolicy,
+    FixedDelay,
+    Exponential,
+    FullJitter,
+    EqualJitter,
+    DecorrelatedJitter,
+]
+"""Every built-in policy class that takes the common backoff parameters."""
 
 endpoints = st.sampled_from(list(Endpoint))
 buckets = st.sampled_from(list(Bucket))

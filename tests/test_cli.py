@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from stub_api import Request, StubAPI, accepted, error, processing, raw, ready
+from stub_api import Reply, Request, StubAPI, accepted, error, processing, raw, ready
 
 KEY = "sk-test-7f3c9a1e-DO-NOT-LEAK"
 KEY_ENV = "NOCAPTCHA_API_KEY"
@@ -122,14 +122,20 @@ def test_success_prints_exactly_the_solution() -> None:
     assert 2.0 <= gap(create, poll) < 3.0
 
 
-def test_rate_limit_waits_retry_after_sec() -> None:
-    """RATE_LIMITED with retryAfterSec 1 is retried after 1 s (not before, not much later)."""
-    limited = error(16, "RATE_LIMITED", retry_after=1)
-    with StubAPI(create=[limited, accepted()], result=[ready(SOLUTION)]) as stub:
+def create_retry_gap(first_reply: Reply) -> float:
+    """Seconds between the CLI's two createTask requests when the first gets `first_reply`
+    and the second is accepted (and the task then solves)."""
+    with StubAPI(create=[first_reply, accepted()], result=[ready(SOLUTION)]) as stub:
         run = solve(stub, "--task", TASK_JSON)
     assert_solved(run)
     first, second = stub.to(CREATE)
-    assert 1.0 <= gap(first, second) < 1.75
+    return gap(first, second)
+
+
+def test_rate_limit_waits_retry_after_sec() -> None:
+    """RATE_LIMITED with retryAfterSec 1 is retried after 1 s (not before, not much later)."""
+    limited = error(16, "RATE_LIMITED", retry_after=1)
+    assert 1.0 <= create_retry_gap(limited) < 1.75
 
 
 def test_retry_after_sec_zero_retries_at_once_and_at_most_six_attempts() -> None:
@@ -189,11 +195,7 @@ def test_http_503_html_with_retry_after_header() -> None:
         status=503,
         headers={"Content-Type": "text/html", "Retry-After": "1"},
     )
-    with StubAPI(create=[outage, accepted()], result=[ready(SOLUTION)]) as stub:
-        run = solve(stub, "--task", TASK_JSON)
-    assert_solved(run)
-    first, second = stub.to(CREATE)
-    assert 1.0 <= gap(first, second) < 1.75
+    assert 1.0 <= create_retry_gap(outage) < 1.75
 
 
 def test_retry_after_http_date_past_deadline_gives_up_at_once() -> None:
@@ -209,11 +211,7 @@ def test_retry_after_http_date_past_deadline_gives_up_at_once() -> None:
 
 def test_malformed_body_is_retried() -> None:
     """A 200 reply that is not JSON is transient: retried after 1-2 s of backoff, then solved."""
-    with StubAPI(create=[raw("not json"), accepted()], result=[ready(SOLUTION)]) as stub:
-        run = solve(stub, "--task", TASK_JSON)
-    assert_solved(run)
-    first, second = stub.to(CREATE)
-    assert 1.0 <= gap(first, second) < 2.5
+    assert 1.0 <= create_retry_gap(raw("not json")) < 2.5
 
 
 def test_task_never_ready_hits_the_deadline() -> None:

@@ -15,19 +15,15 @@ import attrs
 import hypothesis
 import pytest
 from hypothesis import given
+from strategies import BACKOFF_CLASSES
 
 from captchaflow.policies import (
     CODE_TABLE,
     BackoffPolicy,
     Bucket,
     Decision,
-    DecorrelatedJitter,
     DocumentedPolicy,
-    EqualJitter,
-    Exponential,
     Failure,
-    FixedDelay,
-    FullJitter,
     GiveUp,
     NoRetry,
     Resubmit,
@@ -53,15 +49,6 @@ QUICK = hypothesis.settings(DEFAULT_SETTINGS, max_examples=30)
 examples run every time)."""
 SMOKE = hypothesis.settings(DEFAULT_SETTINGS, max_examples=15)
 """For policies that pass: the built-ins' laws are property-tested in test_policies.py."""
-
-BACKOFF_CLASSES: list[type[BackoffPolicy]] = [
-    DocumentedPolicy,
-    FixedDelay,
-    Exponential,
-    FullJitter,
-    EqualJitter,
-    DecorrelatedJitter,
-]
 
 
 # --- the strategies ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import attrs
 import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
-from strategies import PolicyRecipe, contexts, failures, policy_recipes
+from strategies import BACKOFF_CLASSES, PolicyRecipe, contexts, failures, policy_recipes
 
 from captchaflow.policies import (
     CODE_TABLE,
@@ -46,14 +46,6 @@ RETRIED_BUCKETS = [
     Bucket.MALFORMED,
     Bucket.NOT_SENT,
     Bucket.AMBIGUOUS,
-]
-BACKOFF_CLASSES: list[type[BackoffPolicy]] = [
-    DocumentedPolicy,
-    FixedDelay,
-    Exponential,
-    FullJitter,
-    EqualJitter,
-    DecorrelatedJitter,
 ]
 SEEDS = range(40)
 
