@@ -18,6 +18,7 @@ from strategies import BACKOFF_CLASSES, PolicyRecipe, contexts, failures, policy
 from captchaflow.policies import (
     CODE_TABLE,
     NEVER_RETRIED,
+    AdaptivePoll,
     BackoffPolicy,
     Bucket,
     DecorrelatedJitter,
@@ -467,6 +468,70 @@ def test_fixed_interval_rejects_invalid(field: str, value: float) -> None:
     """Zero, negative, infinite and NaN intervals are rejected with ValueError."""
     with pytest.raises(ValueError, match=field):
         FixedInterval(**{field: value})
+
+
+# --- AdaptivePoll (the learning behaviour over many jobs is in test_fleet.py) --------------
+
+
+def learned(schedule: AdaptivePoll, *seconds: float) -> float:
+    """The first wait `schedule` gives after observing `seconds`, in order."""
+    for value in seconds:
+        schedule.observe_solved(value)
+    return schedule.delay_before_poll(1)
+
+
+def test_adaptive_poll_defaults_are_the_documented_ones() -> None:
+    """The README's defaults: a 2 s interval, the 10th percentile of the last 256 times, once
+    10 tasks have been solved."""
+    schedule = AdaptivePoll()
+    assert (schedule.interval, schedule.quantile) == (2.0, 0.1)
+    assert (schedule.min_samples, schedule.memory) == (10, 256)
+
+
+def test_adaptive_poll_waits_interval_until_min_samples() -> None:
+    """Fewer than `min_samples` solved tasks teach nothing; the `min_samples`-th does, and
+    every later one updates the first wait."""
+    schedule = AdaptivePoll(interval=1.0, quantile=1.0, min_samples=3)
+    assert learned(schedule, 10.0, 10.0) == 1.0
+    assert learned(schedule, 10.0) == 10.0
+    assert learned(schedule, 20.0) == 20.0
+    assert schedule.delay_before_poll(2) == 1.0
+
+
+def test_adaptive_poll_quantile_one_is_the_slowest_sample() -> None:
+    """`quantile=1` (allowed) waits the longest remembered time, whatever the sample size."""
+    for size in range(1, 9):
+        schedule = AdaptivePoll(interval=0.5, quantile=1.0, min_samples=1)
+        assert learned(schedule, *(float(n) for n in range(size, 0, -1))) == float(size)
+
+
+def test_adaptive_poll_remembers_exactly_memory_samples() -> None:
+    """Only the last `memory` times count: the oldest is forgotten, no earlier."""
+    schedule = AdaptivePoll(interval=0.5, quantile=0.0, min_samples=1, memory=2)
+    assert learned(schedule, 5.0, 6.0) == 5.0
+    assert learned(schedule, 7.0) == 6.0
+
+
+def test_adaptive_poll_learns_sub_second_times_but_not_below_interval() -> None:
+    """Times under a second are learned like any other; the first wait is never shorter
+    than `interval`; negative, infinite and NaN times are ignored."""
+    schedule = AdaptivePoll(interval=0.1, quantile=0.0, min_samples=1)
+    assert learned(schedule, 0.5) == 0.5
+    assert learned(schedule, -1.0, math.inf, math.nan) == 0.5
+    assert learned(schedule, 0.0) == 0.1
+
+
+@pytest.mark.parametrize("quantile", [-0.1, 1.01, math.nan])
+def test_adaptive_poll_rejects_quantile_outside_zero_one(quantile: float) -> None:
+    """A quantile outside [0, 1] (or NaN) is a ValueError naming it."""
+    with pytest.raises(ValueError, match="quantile"):
+        AdaptivePoll(quantile=quantile)
+
+
+def test_adaptive_poll_learned_wait_is_not_an_argument() -> None:
+    """The learned first wait is state, not configuration: it cannot be passed in."""
+    with pytest.raises(TypeError):
+        AdaptivePoll(first=1.0)  # type: ignore[call-arg]
 
 
 # --- properties over every built-in --------------------------------------------------------
