@@ -528,6 +528,14 @@ def test_adaptive_poll_rejects_quantile_outside_zero_one(quantile: float) -> Non
         AdaptivePoll(quantile=quantile)
 
 
+@pytest.mark.parametrize("cls", [FixedInterval, AdaptivePoll])
+def test_poll_schedules_take_keywords_only(cls: type[Any]) -> None:
+    """Schedules are configured by keyword (`interval=`), never by position, so that adding
+    a field can never shift what a positional argument means."""
+    with pytest.raises(TypeError):
+        cls(1.0)
+
+
 def test_adaptive_poll_learned_wait_is_not_an_argument() -> None:
     """The learned first wait is state, not configuration: it cannot be passed in."""
     with pytest.raises(TypeError):
