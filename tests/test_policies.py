@@ -536,10 +536,22 @@ def test_poll_schedules_take_keywords_only(cls: type[Any]) -> None:
         cls(1.0)
 
 
-def test_adaptive_poll_learned_wait_is_not_an_argument() -> None:
-    """The learned first wait is state, not configuration: it cannot be passed in."""
+@pytest.mark.parametrize("field", ["first", "samples"])
+def test_adaptive_poll_learned_state_is_not_an_argument(field: str) -> None:
+    """What it learned (the samples, the first wait) is state, not configuration: it cannot
+    be passed in."""
     with pytest.raises(TypeError):
-        AdaptivePoll(first=1.0)  # type: ignore[call-arg]
+        AdaptivePoll(**{field: 1.0})
+
+
+@pytest.mark.parametrize("field", ["min_samples", "memory"])
+def test_adaptive_poll_counts_are_at_least_one(field: str) -> None:
+    """`min_samples` and `memory` of 0 are a ValueError naming the field; 1 is allowed (and
+    learns from the single latest time)."""
+    with pytest.raises(ValueError, match=field):
+        AdaptivePoll(**{field: 0})
+    schedule = AdaptivePoll(interval=0.5, quantile=0.5, min_samples=1, memory=1)
+    assert learned(schedule, 9.0, 3.0) == 3.0
 
 
 # --- properties over every built-in --------------------------------------------------------
