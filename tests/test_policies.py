@@ -354,6 +354,29 @@ def test_hint_past_deadline_gives_up(cls: type[BackoffPolicy]) -> None:
     assert isinstance(cls().decide(failure, ctx(time_left=3600.0)), GiveUp)
 
 
+@pytest.mark.parametrize(("time_left", "shown"), [(0.5, "(0.5s left)"), (-3.0, "(0s left)")])
+def test_deadline_give_up_says_the_time_left(time_left: float, shown: str) -> None:
+    """The give-up reason states the time left before the deadline, never a negative one."""
+    failure = fail(Bucket.RETRYABLE, retry_after=10.0)
+    decision = FixedDelay().decide(failure, ctx(time_left=time_left))
+    assert isinstance(decision, GiveUp)
+    assert decision.reason == f"waiting 10s would pass the deadline {shown}"
+
+
+def test_policies_with_equal_settings_are_equal_whatever_their_random_state() -> None:
+    """Policies compare by their settings: the random generator is not a setting."""
+    assert DocumentedPolicy(rng=random.Random(1)) == DocumentedPolicy(rng=random.Random(2))
+    assert DocumentedPolicy() != DocumentedPolicy(max_attempts=2)
+
+
+def test_no_retry_is_an_immutable_value() -> None:
+    """`NoRetry` has no settings: every instance is equal, hashable and frozen."""
+    assert NoRetry() == NoRetry()
+    assert hash(NoRetry()) == hash(NoRetry())
+    assert attrs.has(NoRetry)
+    assert attrs.fields(NoRetry) == ()
+
+
 @pytest.mark.parametrize(
     "policy",
     [
