@@ -67,7 +67,8 @@ TESTS = (
     "tests/test_fsm.py",
     "tests/test_job.py",
     "tests/test_conformance.py",  # optional: used when it exists
-    "tests/test_fleet.py",  # optional: AdaptivePoll and the account gate live in policies/
+    "tests/test_gate.py",  # optional: the account gate's parts, one at a time
+    "tests/test_fleet.py",  # optional: the gate's laws over whole fleets
     "tests/test_mutation_killers.py",  # optional: the tests added for survivors
 )
 QUICK_LIMIT = 30
@@ -213,14 +214,8 @@ def install(worker: Worker) -> None:
         raise RuntimeError(f"captchaflow.engine imports {imported}, not the copy in {worker.root}")
 
 
-# Modules whose tests live in a file not named after them.
-OWN_TESTS = {"policies/_gate.py": "tests/test_fleet.py"}
-
-
 def own_test(module: str) -> str:
     """`engine/_fsm.py` -> `tests/test_fsm.py`; policies without a file of their own share one."""
-    if module in OWN_TESTS:
-        return OWN_TESTS[module]
     own = f"tests/test_{Path(module).stem.lstrip('_')}.py"
     if module.startswith("policies/") and not (ROOT / own).exists():
         return "tests/test_policies.py"

@@ -1,5 +1,5 @@
-"""Fleet coordination: the account gate's parts, its laws in virtual time, and many tasks
-at once through the async and sync APIs."""
+"""Fleet coordination: the account gate's laws in virtual time, and many tasks at once through
+the async and sync APIs (the gate's parts one by one: test_gate.py)."""
 
 from __future__ import annotations
 
@@ -25,19 +25,13 @@ from captchaflow.engine import (
     solve_many,
 )
 from captchaflow.policies import (
-    AdaptiveConcurrency,
     AdaptivePoll,
-    AdaptiveRate,
-    Admit,
     Bucket,
-    CircuitBreaker,
     DocumentedPolicy,
     Failure,
     FixedInterval,
     FleetGate,
     Hold,
-    OpenGate,
-    Refuse,
     RetryBudget,
     SharedPause,
 )
@@ -58,178 +52,6 @@ from captchaflow.transports import (
 CREATE, POLL = Endpoint.CREATE_TASK, Endpoint.GET_TASK_RESULT
 KEY = "sk-fleet-key"
 TASK = {"type": "ImageToTextTask", "body": "aGk="}
-
-
-def failure(
-    code: int | None,
-    *,
-    hint: float | None = None,
-    bucket: Bucket | None = None,
-    status: int | None = None,
-    endpoint: Endpoint = CREATE,
-) -> Failure:
-    """A failure with `code` (bucket from the code unless given)."""
-    from captchaflow.policies import bucket_of_code
-
-    chosen = bucket if bucket is not None else bucket_of_code(code or 0)
-    return Failure(
-        chosen, f"C{code}", "m", endpoint, code=code, retry_after=hint, http_status=status
-    )
-
-
-# -- the parts ---------------------------------------------------------------------------
-
-
-def test_pause_holds_every_request_until_the_hint() -> None:
-    """A 16 with a 5 s hint holds creates and polls until then; the latest hint wins."""
-    pause = SharedPause()
-    assert pause.observe(failure(16, hint=5), 10.0, random.Random(0))
-    held = pause.hold(POLL, 12.0)
-    assert isinstance(held, Hold) and held.until == 15.0 and held.cause is not None
-    assert pause.hold(CREATE, 15.0) is None
-    assert not pause.observe(failure(16, hint=1), 11.0, random.Random(0))  # earlier end
-
-
-def test_pause_without_hint_is_a_shared_growing_backoff() -> None:
-    """Without a hint, successive 21s pause for a jittered, growing, capped time."""
-    pause = SharedPause(base=1.0, cap=8.0)
-    rng = random.Random(3)
-    ends = []
-    for n in range(6):
-        pause.observe(failure(21), 100.0 * n, rng)
-        ends.append(pause.until - 100.0 * n)
-    assert all(0 <= e <= 8.0 for e in ends)
-    pause.observe(None, 1000.0, rng)
-    assert pause.strikes == 0
-
-
-def test_quota_pause_holds_new_tasks_only() -> None:
-    """A 17 with a hint holds createTask, not polls of tasks already paid for."""
-    pause = SharedPause()
-    pause.observe(failure(17, hint=3600), 0.0, random.Random(0))
-    assert pause.hold(POLL, 1.0) is None
-    assert isinstance(pause.hold(CREATE, 1.0), Hold)
-
-
-@pytest.mark.parametrize("status", [429, 500, 503])
-def test_http_rate_and_outage_statuses_pause(status: int) -> None:
-    """HTTP 429 and 5xx (without an API code) pause the account like 16 and 21."""
-    pause = SharedPause()
-    assert pause.observe(
-        failure(None, bucket=Bucket.TRANSIENT_HTTP, status=status, hint=2), 0.0, random.Random(0)
-    )
-
-
-def test_slot_and_malformed_failures_do_not_pause() -> None:
-    """NO_SLOT_AVAILABLE and malformed replies are not account-wide pauses."""
-    pause = SharedPause()
-    assert not pause.observe(failure(2, hint=5), 0.0, random.Random(0))
-    assert not pause.observe(failure(None, bucket=Bucket.MALFORMED), 0.0, random.Random(0))
-
-
-def test_circuit_refuses_new_tasks_but_lets_paid_tasks_be_polled_after_zero_balance() -> None:
-    """ZERO_BALANCE refuses createTask; polls of existing (paid) tasks still go."""
-    circuit = CircuitBreaker()
-    assert circuit.observe("a", failure(3), 1.0)
-    refusal = circuit.refuse("b", CREATE, 2.0)
-    assert isinstance(refusal, Refuse) and refusal.failure.code == 3
-    assert circuit.refuse("b", POLL, 2.0) is None
-
-
-@pytest.mark.parametrize("code", [1, 14, 15])
-def test_circuit_refuses_everything_for_key_and_plan_errors(code: int) -> None:
-    """A bad key or plan refuses polls too: the service would refuse them anyway."""
-    circuit = CircuitBreaker()
-    circuit.observe("a", failure(code), 1.0)
-    assert isinstance(circuit.refuse("b", POLL, 2.0), Refuse)
-
-
-def test_circuit_cooldown_lets_one_probe_through_and_success_closes() -> None:
-    """After the cool-down one job probes; its success closes the circuit."""
-    circuit = CircuitBreaker(cooldown=60)
-    circuit.observe("a", failure(3), 0.0)
-    assert isinstance(circuit.refuse("b", CREATE, 59.0), Refuse)
-    assert circuit.refuse("probe", CREATE, 61.0) is None
-    assert isinstance(circuit.refuse("other", CREATE, 61.0), Refuse)
-    circuit.observe("probe", None, 62.0)
-    assert not circuit.is_open
-
-
-def test_concurrency_queues_and_hands_slots_on_in_order() -> None:
-    """Beyond the limit jobs queue; a released slot goes to the first in the queue."""
-    slots = AdaptiveConcurrency(limit=2)
-    assert slots.acquire("a") is None and slots.acquire("b") is None
-    assert isinstance(slots.acquire("c"), Hold) and isinstance(slots.acquire("d"), Hold)
-    assert slots.release("a") == ["c"]
-    assert slots.acquire("c") is None
-
-
-def test_concurrency_slow_start_then_caps_at_what_filled_the_service() -> None:
-    """Accepts grow the limit by one each until NO_SLOT; then it drops to the tasks in
-    flight minus one, and grows by about 1/limit per accept."""
-    slots = AdaptiveConcurrency(limit=4, decrease=0.5, cooldown=0)
-    for _ in range(4):
-        slots.observe(None, sent_at=0, now=0)
-    assert slots.limit == 8
-    for job in range(6):
-        slots.acquire(job)
-    slots.observe(failure(2), sent_at=1, now=1)
-    assert slots.limit == 4  # min(8 * 0.5, 6 - 1)
-    slots.observe(None, sent_at=2, now=2)
-    assert slots.limit == pytest.approx(4.25)
-
-
-def test_retry_budget_waits_when_spent_and_refills() -> None:
-    """Without tokens a retry waits for the floor rate to earn one."""
-    budget = RetryBudget(ratio=0.5, floor_per_second=2.0, tokens=1.0, max_tokens=10)
-    assert budget.hold(0.0) is None
-    budget.spend(True, 0.0)
-    held = budget.hold(0.0)
-    assert isinstance(held, Hold) and held.until == pytest.approx(0.5)
-    assert budget.hold(0.5) is None
-    budget.spend(False, 0.5)
-    assert budget.tokens == pytest.approx(1.5)
-
-
-def test_rate_learns_from_a_rate_limit_and_paces() -> None:
-    """After a 16 with ten requests accepted in the window, sends are spaced 1/rate apart."""
-    rate = AdaptiveRate(window=1.0, safety=0.9)
-    for n in range(10):
-        rate.observe(None, sent_at=0.05 * n, now=0.05 * n + 0.01)
-    rate.observe(failure(16, hint=1), sent_at=0.6, now=0.61)
-    assert rate.rate == pytest.approx(9.0)
-    assert rate.hold("a", 1.0, 0.0) is None
-    held = rate.hold("b", 1.0, 0.0)
-    assert isinstance(held, Hold) and held.until == pytest.approx(1.0 + 1 / 9)
-
-
-def test_rate_learns_nothing_from_a_quiet_account() -> None:
-    """A 16 after one accepted request teaches no rate (other clients share the key)."""
-    rate = AdaptiveRate()
-    rate.observe(None, sent_at=0.0, now=0.01)
-    rate.observe(failure(16, hint=1), sent_at=0.5, now=0.51)
-    assert rate.rate is None
-
-
-def test_gate_wakes_every_live_job_when_the_circuit_opens() -> None:
-    """A permanent error wakes every registered job so each fails at once."""
-    gate = FleetGate()
-    for job in "abc":
-        gate.register(job, 0.0)
-    gate.observe("a", CREATE, failure(1), sent_at=0.0, now=0.1)
-    assert set(gate.wakeups()) == {"a", "b", "c"}
-    assert gate.wakeups() == []
-    assert isinstance(gate.admit("b", POLL, retry=False, now=0.2), Refuse)
-    gate.reset()
-    assert isinstance(gate.admit("b", POLL, retry=False, now=0.3), Admit)
-
-
-def test_open_gate_admits_everything() -> None:
-    """OpenGate is coordination switched off."""
-    gate = OpenGate()
-    gate.observe("a", CREATE, failure(1), sent_at=0, now=0)
-    assert gate.admit("a", CREATE, retry=True, now=0) == Admit()
-    assert gate.standing("a", CREATE, 0) is None
 
 
 # -- laws in virtual time ----------------------------------------------------------------

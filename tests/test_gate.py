@@ -1,0 +1,435 @@
+"""The account gate's parts one at a time (`SharedPause`, `CircuitBreaker`,
+`AdaptiveConcurrency`, `RetryBudget`, `AdaptiveRate`), their composition in `FleetGate`, and
+`OpenGate`. Their laws over whole fleets in virtual time are in test_fleet.py."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from captchaflow.policies import (
+    AdaptiveConcurrency,
+    AdaptiveRate,
+    Admit,
+    Bucket,
+    CircuitBreaker,
+    Failure,
+    FleetGate,
+    Hold,
+    OpenGate,
+    Refuse,
+    RetryBudget,
+    SharedPause,
+    bucket_of_code,
+)
+from captchaflow.transports import Endpoint
+
+CREATE, POLL = Endpoint.CREATE_TASK, Endpoint.GET_TASK_RESULT
+
+
+def failure(
+    code: int | None,
+    *,
+    hint: float | None = None,
+    bucket: Bucket | None = None,
+    status: int | None = None,
+    endpoint: Endpoint = CREATE,
+) -> Failure:
+    """A failure with `code` (bucket from the code unless given)."""
+    chosen = bucket if bucket is not None else bucket_of_code(code or 0)
+    return Failure(
+        chosen, f"C{code}", "m", endpoint, code=code, retry_after=hint, http_status=status
+    )
+
+
+# -- the parts ---------------------------------------------------------------------------
+
+
+def test_pause_holds_every_request_until_the_hint() -> None:
+    """A 16 with a 5 s hint holds creates and polls until then; the latest hint wins."""
+    pause = SharedPause()
+    assert pause.observe(failure(16, hint=5), 10.0, random.Random(0))
+    held = pause.hold(POLL, 12.0)
+    assert isinstance(held, Hold) and held.until == 15.0 and held.cause is not None
+    assert pause.hold(CREATE, 15.0) is None
+    assert not pause.observe(failure(16, hint=1), 11.0, random.Random(0))  # earlier end
+
+
+def test_pause_without_hint_is_a_shared_growing_backoff() -> None:
+    """Without a hint, successive 21s pause for a jittered, growing, capped time."""
+    pause = SharedPause(base=1.0, cap=8.0)
+    rng = random.Random(3)
+    ends = []
+    for n in range(6):
+        pause.observe(failure(21), 100.0 * n, rng)
+        ends.append(pause.until - 100.0 * n)
+    assert all(0 <= e <= 8.0 for e in ends)
+    pause.observe(None, 1000.0, rng)
+    assert pause.strikes == 0
+
+
+def test_quota_pause_holds_new_tasks_only() -> None:
+    """A 17 with a hint holds createTask, not polls of tasks already paid for."""
+    pause = SharedPause()
+    pause.observe(failure(17, hint=3600), 0.0, random.Random(0))
+    assert pause.hold(POLL, 1.0) is None
+    assert isinstance(pause.hold(CREATE, 1.0), Hold)
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_http_rate_and_outage_statuses_pause(status: int) -> None:
+    """HTTP 429 and 5xx (without an API code) pause the account like 16 and 21."""
+    pause = SharedPause()
+    assert pause.observe(
+        failure(None, bucket=Bucket.TRANSIENT_HTTP, status=status, hint=2), 0.0, random.Random(0)
+    )
+
+
+def test_slot_and_malformed_failures_do_not_pause() -> None:
+    """NO_SLOT_AVAILABLE and malformed replies are not account-wide pauses."""
+    pause = SharedPause()
+    assert not pause.observe(failure(2, hint=5), 0.0, random.Random(0))
+    assert not pause.observe(failure(None, bucket=Bucket.MALFORMED), 0.0, random.Random(0))
+
+
+def test_circuit_refuses_new_tasks_but_lets_paid_tasks_be_polled_after_zero_balance() -> None:
+    """ZERO_BALANCE refuses createTask; polls of existing (paid) tasks still go."""
+    circuit = CircuitBreaker()
+    assert circuit.observe("a", failure(3), 1.0)
+    refusal = circuit.refuse("b", CREATE, 2.0)
+    assert isinstance(refusal, Refuse) and refusal.failure.code == 3
+    assert circuit.refuse("b", POLL, 2.0) is None
+
+
+@pytest.mark.parametrize("code", [1, 14, 15])
+def test_circuit_refuses_everything_for_key_and_plan_errors(code: int) -> None:
+    """A bad key or plan refuses polls too: the service would refuse them anyway."""
+    circuit = CircuitBreaker()
+    circuit.observe("a", failure(code), 1.0)
+    assert isinstance(circuit.refuse("b", POLL, 2.0), Refuse)
+
+
+def test_circuit_cooldown_lets_one_probe_through_and_success_closes() -> None:
+    """After the cool-down one job probes; its success closes the circuit."""
+    circuit = CircuitBreaker(cooldown=60)
+    circuit.observe("a", failure(3), 0.0)
+    assert isinstance(circuit.refuse("b", CREATE, 59.0), Refuse)
+    assert circuit.refuse("probe", CREATE, 61.0) is None
+    assert isinstance(circuit.refuse("other", CREATE, 61.0), Refuse)
+    circuit.observe("probe", None, 62.0)
+    assert not circuit.is_open
+
+
+def test_concurrency_queues_and_hands_slots_on_in_order() -> None:
+    """Beyond the limit jobs queue; a released slot goes to the first in the queue."""
+    slots = AdaptiveConcurrency(limit=2)
+    assert slots.acquire("a") is None and slots.acquire("b") is None
+    assert isinstance(slots.acquire("c"), Hold) and isinstance(slots.acquire("d"), Hold)
+    assert slots.release("a") == ["c"]
+    assert slots.acquire("c") is None
+
+
+def test_concurrency_slow_start_then_caps_at_what_filled_the_service() -> None:
+    """Accepts grow the limit by one each until NO_SLOT; then it drops to the tasks in
+    flight minus one, and grows by about 1/limit per accept."""
+    slots = AdaptiveConcurrency(limit=4, decrease=0.5, cooldown=0)
+    for _ in range(4):
+        slots.observe(None, sent_at=0, now=0)
+    assert slots.limit == 8
+    for job in range(6):
+        slots.acquire(job)
+    slots.observe(failure(2), sent_at=1, now=1)
+    assert slots.limit == 4  # min(8 * 0.5, 6 - 1)
+    slots.observe(None, sent_at=2, now=2)
+    assert slots.limit == pytest.approx(4.25)
+
+
+def test_retry_budget_waits_when_spent_and_refills() -> None:
+    """Without tokens a retry waits for the floor rate to earn one."""
+    budget = RetryBudget(ratio=0.5, floor_per_second=2.0, tokens=1.0, max_tokens=10)
+    assert budget.hold(0.0) is None
+    budget.spend(True, 0.0)
+    held = budget.hold(0.0)
+    assert isinstance(held, Hold) and held.until == pytest.approx(0.5)
+    assert budget.hold(0.5) is None
+    budget.spend(False, 0.5)
+    assert budget.tokens == pytest.approx(1.5)
+
+
+def test_rate_learns_from_a_rate_limit_and_paces() -> None:
+    """After a 16 with ten requests accepted in the window, sends are spaced 1/rate apart."""
+    rate = AdaptiveRate(window=1.0, safety=0.9)
+    for n in range(10):
+        rate.observe(None, sent_at=0.05 * n, now=0.05 * n + 0.01)
+    rate.observe(failure(16, hint=1), sent_at=0.6, now=0.61)
+    assert rate.rate == pytest.approx(9.0)
+    assert rate.hold("a", 1.0, 0.0) is None
+    held = rate.hold("b", 1.0, 0.0)
+    assert isinstance(held, Hold) and held.until == pytest.approx(1.0 + 1 / 9)
+
+
+def test_rate_learns_nothing_from_a_quiet_account() -> None:
+    """A 16 after one accepted request teaches no rate (other clients share the key)."""
+    rate = AdaptiveRate()
+    rate.observe(None, sent_at=0.0, now=0.01)
+    rate.observe(failure(16, hint=1), sent_at=0.5, now=0.51)
+    assert rate.rate is None
+
+
+def test_gate_wakes_every_live_job_when_the_circuit_opens() -> None:
+    """A permanent error wakes every registered job so each fails at once."""
+    gate = FleetGate()
+    for job in "abc":
+        gate.register(job, 0.0)
+    gate.observe("a", CREATE, failure(1), sent_at=0.0, now=0.1)
+    assert set(gate.wakeups()) == {"a", "b", "c"}
+    assert gate.wakeups() == []
+    assert isinstance(gate.admit("b", POLL, retry=False, now=0.2), Refuse)
+    gate.reset()
+    assert isinstance(gate.admit("b", POLL, retry=False, now=0.3), Admit)
+
+
+def test_open_gate_admits_everything() -> None:
+    """OpenGate is coordination switched off."""
+    gate = OpenGate()
+    gate.observe("a", CREATE, failure(1), sent_at=0, now=0)
+    assert gate.admit("a", CREATE, retry=True, now=0) == Admit()
+    assert gate.standing("a", CREATE, 0) is None
+
+
+class Highest(random.Random):
+    """A generator whose `uniform(a, b)` is always `b`: jittered waits at their longest."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+# -- SharedPause, exactly ----------------------------------------------------------------
+
+
+def test_pause_backoff_without_hint_doubles_from_base_to_cap_and_resets_on_success() -> None:
+    """The n-th unhinted pause since the last success lasts at most `min(cap, base * 2 **
+    (n - 1))`: 1, 2, 4, 8, then the cap; a success starts again from `base`."""
+    pause = SharedPause(base=1.0, cap=10.0)
+    lengths = []
+    for n in range(6):
+        assert pause.observe(failure(21), 100.0 * n, Highest())
+        lengths.append(pause.until - 100.0 * n)
+    assert lengths == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert not pause.observe(None, 1000.0, Highest())
+    assert pause.observe(failure(21), 2000.0, Highest())
+    assert pause.until == 2001.0
+
+
+def test_pause_ignores_failures_that_do_not_pause() -> None:
+    """A failure that is not account-wide (here 2, 12 and 1) neither extends the pause nor
+    wakes anyone."""
+    gate = FleetGate(rng=Highest())
+    gate.register("a", 0.0)
+    for code in (2, 12, 1):
+        assert not SharedPause().observe(failure(code), 0.0, Highest())
+    gate.observe("a", POLL, failure(12), sent_at=0.0, now=0.1)
+    assert gate.wakeups() == []
+
+
+def test_pause_reason_names_the_code() -> None:
+    """A pause's reason names the failure and its code; without a code, just its name."""
+    pause = SharedPause()
+    pause.observe(failure(16, hint=5), 0.0, Highest())
+    held = pause.hold(CREATE, 1.0)
+    assert held is not None and held.reason == "account paused: C16 (16)"
+    http = SharedPause()
+    http.observe(failure(None, bucket=Bucket.TRANSIENT_HTTP, status=503, hint=5), 0.0, Highest())
+    held = http.hold(CREATE, 1.0)
+    assert held is not None and held.reason == "account paused: CNone"
+
+
+# -- CircuitBreaker, exactly -------------------------------------------------------------
+
+
+def test_circuit_reports_opening_only_once() -> None:
+    """`observe` says True only when the circuit opens: not for a success, not for a
+    transient failure, not for a second permanent error while open."""
+    circuit = CircuitBreaker()
+    assert not circuit.observe("a", None, 0.0)
+    assert not circuit.observe("a", failure(21), 0.0)
+    assert circuit.observe("a", failure(3), 1.0)
+    assert not circuit.observe("b", failure(3), 2.0)
+    assert circuit.is_open
+
+
+def test_circuit_admit_takes_the_probe_but_standing_does_not() -> None:
+    """After the cool-down the first job `admit` lets through is the probe and the next is
+    refused; asking for the standing verdict takes no probe."""
+    gate = FleetGate(circuit=CircuitBreaker(cooldown=10.0))
+    gate.observe("a", CREATE, failure(3), sent_at=0.0, now=0.0)
+    assert gate.standing("x", CREATE, 11.0) is None
+    assert gate.circuit is not None and gate.circuit.probe is None
+    assert gate.admit("probe", CREATE, retry=False, now=11.0) == Admit()
+    assert isinstance(gate.admit("other", CREATE, retry=False, now=11.0), Refuse)
+
+
+# -- AdaptiveConcurrency, exactly --------------------------------------------------------
+
+
+def test_concurrency_decreases_at_once_then_once_per_cooldown() -> None:
+    """The first NO_SLOT_AVAILABLE decreases the limit at any time (even at t = 0); the next
+    only once `cooldown` seconds have passed, counting exactly `cooldown` as passed."""
+    slots = AdaptiveConcurrency(limit=100.0, decrease=0.5, cooldown=5.0)
+    for job in range(100):
+        slots.acquire(job)
+    slots.observe(failure(2), sent_at=0.0, now=0.0)
+    assert slots.limit == 50.0
+    slots.observe(failure(2), sent_at=4.0, now=4.9)
+    assert slots.limit == 50.0
+    slots.observe(failure(2), sent_at=5.0, now=5.0)
+    assert slots.limit == 25.0
+
+
+def test_concurrency_default_cooldown_is_five_seconds() -> None:
+    """By default NO_SLOT_AVAILABLE decreases the limit at most once per 5 s."""
+    slots = AdaptiveConcurrency(limit=100.0, decrease=0.5)
+    for job in range(100):
+        slots.acquire(job)
+    slots.observe(failure(2), sent_at=0.0, now=0.0)
+    slots.observe(failure(2), sent_at=5.0, now=5.0)
+    assert slots.limit == 25.0
+
+
+def test_gate_release_passes_the_task_slot_on() -> None:
+    """A finished job's task slot wakes the first job queued for one."""
+    gate = FleetGate(concurrency=AdaptiveConcurrency(limit=1.0))
+    assert gate.admit("a", CREATE, retry=False, now=0.0) == Admit()
+    assert isinstance(gate.admit("b", CREATE, retry=False, now=0.0), Hold)
+    gate.release("a", 1.0)
+    assert gate.wakeups() == ["b"]
+    assert gate.admit("b", CREATE, retry=False, now=1.0) == Admit()
+
+
+# -- RetryBudget, exactly ----------------------------------------------------------------
+
+
+def test_retry_budget_defaults_earn_a_fifth_per_first_attempt_and_count_from_zero() -> None:
+    """By default each first attempt earns 0.2 of a retry, and the counters start at 0."""
+    budget = RetryBudget(floor_per_second=0.0)
+    start = budget.tokens
+    for _ in range(5):
+        budget.spend(False, 0.0)
+    budget.spend(True, 0.0)
+    assert budget.tokens == pytest.approx(start + 5 * 0.2 - 1.0)
+    assert (budget.first_attempts, budget.retries) == (5, 1)
+
+
+def test_gate_spends_the_budget_on_retries_only() -> None:
+    """With the budget spent, a retry is held and a first attempt still goes."""
+    gate = FleetGate(budget=RetryBudget(tokens=0.0, floor_per_second=0.0), concurrency=None)
+    assert isinstance(gate.admit("a", POLL, retry=True, now=0.0), Hold)
+    assert gate.admit("a", POLL, retry=False, now=0.0) == Admit()
+
+
+# -- AdaptiveRate, exactly ---------------------------------------------------------------
+
+
+def paced_rate(**fields: float) -> AdaptiveRate:
+    """A rate already learned: 10/s, ceiling 10/s, last changed at t = 0."""
+    return AdaptiveRate(window=1.0, increase=0.5, headroom=2.0, **fields)
+
+
+def test_rate_grows_once_per_window_while_requests_wait() -> None:
+    """Under demand (a request was paced within the last window), after a window the rate
+    grows by `increase` and the ceiling by `increase / 100`; exactly one window counts."""
+    rate = paced_rate(rate=10.0, ceiling=10.0, last_change=0.0, last_paced=0.5)
+    rate.hold("a", 1.0, 0.0)
+    assert rate.ceiling == pytest.approx(10.0 * 1.005)
+    assert rate.rate == pytest.approx(15.0)
+    assert rate.last_change == 1.0
+
+
+def test_rate_growth_is_capped_by_headroom_over_the_ceiling() -> None:
+    """The rate never grows past `headroom` times the ceiling."""
+    rate = AdaptiveRate(
+        window=1.0, increase=0.5, headroom=1.1, rate=10.0, ceiling=10.0, last_paced=0.5
+    )
+    rate.hold("a", 1.0, 0.0)
+    assert rate.rate == pytest.approx(10.0 * 1.005 * 1.1)
+
+
+@pytest.mark.parametrize(
+    ("now", "last_paced"),
+    [
+        (0.9, 0.5),  # less than a window since the last change
+        (2.0, 1.0),  # the last paced request exactly a window ago: no demand now
+        (5.0, -100.0),  # an idle account
+    ],
+)
+def test_rate_does_not_grow_without_demand_or_within_a_window(
+    now: float, last_paced: float
+) -> None:
+    """No growth within a window of the last change, nor without a request paced in the
+    last window (an idle account must not drift to an untried rate)."""
+    rate = paced_rate(rate=10.0, ceiling=10.0, last_change=0.0, last_paced=last_paced)
+    rate.hold("a", now, 0.0)
+    assert (rate.rate, rate.ceiling) == (10.0, 10.0)
+
+
+def test_rate_without_ceiling_does_not_grow() -> None:
+    """A rate set by hand without a ceiling stays as it is."""
+    rate = AdaptiveRate(window=1.0, rate=10.0, last_paced=0.5)
+    rate.hold("a", 1.0, 0.0)
+    assert (rate.rate, rate.ceiling) == (10.0, None)
+
+
+def test_rate_reservation_in_the_past_is_admitted() -> None:
+    """A job that comes back after its reserved send time goes at once."""
+    rate = AdaptiveRate(rate=1.0)
+    assert rate.hold("a", 0.0, 0.0) is None
+    held = rate.hold("b", 0.0, 0.0)
+    assert isinstance(held, Hold) and held.until == 1.0
+    assert rate.hold("b", 1.5, 0.0) is None
+    assert "b" not in rate.reservations
+
+
+def test_rate_only_falls_on_a_new_rate_limit() -> None:
+    """A later rate limit that measures a higher rate leaves the paced rate as it was."""
+    rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
+    for n in range(5):
+        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    rate.observe(failure(16), sent_at=0.5, now=0.5)
+    assert rate.rate == 5.0
+    for n in range(10):
+        rate.observe(None, sent_at=10.0 + 0.05 * n, now=10.0 + 0.05 * n)
+    rate.observe(failure(16), sent_at=10.5, now=10.5)
+    assert rate.rate == 5.0
+
+
+# -- FleetGate, as a whole ---------------------------------------------------------------
+
+
+def test_standing_is_the_pause_when_the_circuit_is_closed() -> None:
+    """With a closed circuit, the standing verdict is the account's pause."""
+    gate = FleetGate()
+    gate.observe("a", CREATE, failure(16, hint=5), sent_at=0.0, now=0.0)
+    held = gate.standing("b", POLL, 1.0)
+    assert isinstance(held, Hold) and held.until == 5.0
+
+
+def test_fleet_gate_repr_shows_its_parts_not_its_jobs() -> None:
+    """The repr shows configuration and learned state, not the jobs it tracks."""
+    gate = FleetGate()
+    gate.register("job-in-repr", 0.0)
+    gate.observe("job-in-repr", CREATE, failure(1), sent_at=0.0, now=0.0)
+    assert "job-in-repr" not in repr(gate)
+
+
+@pytest.mark.parametrize("gate", [OpenGate(), FleetGate()], ids=["OpenGate", "FleetGate"])
+def test_gates_take_the_protocol_arguments_by_name(gate: OpenGate | FleetGate) -> None:
+    """Every gate method can be called with the protocol's argument names, and `observe`'s
+    times are keyword-only (so `sent_at` and `now` cannot be swapped by position)."""
+    gate.register(job="a", now=0.0)
+    gate.standing(job="a", endpoint=CREATE, now=0.0)
+    gate.admit(job="a", endpoint=CREATE, retry=False, now=0.0)
+    gate.observe(job="a", endpoint=CREATE, failure=None, sent_at=0.0, now=0.1)
+    gate.release(job="a", now=0.2)
+    with pytest.raises(TypeError):
+        gate.observe("a", CREATE, None, 0.0, 0.1)  # type: ignore[misc]
