@@ -433,3 +433,24 @@ def test_gates_take_the_protocol_arguments_by_name(gate: OpenGate | FleetGate) -
     gate.release(job="a", now=0.2)
     with pytest.raises(TypeError):
         gate.observe("a", CREATE, None, 0.0, 0.1)  # type: ignore[misc]
+
+
+def test_rate_learned_on_an_idle_account_does_not_grow() -> None:
+    """A rate learned from a rate limit stays put while nothing waits for it, from the very
+    first window on (no request has been paced yet)."""
+    rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
+    for n in range(5):
+        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    rate.observe(failure(16), sent_at=0.5, now=0.5)
+    assert rate.hold("a", 10.0, 0.0) is None
+    assert (rate.rate, rate.ceiling) == (5.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    "part",
+    [SharedPause, CircuitBreaker, AdaptiveConcurrency, RetryBudget, AdaptiveRate, FleetGate],
+)
+def test_gate_parts_take_keywords_only(part: type[object]) -> None:
+    """Every part is configured by keyword, so a new field never shifts a positional one."""
+    with pytest.raises(TypeError):
+        part(1.0)
