@@ -284,9 +284,9 @@ def names_any(root: Path, test_file: str, names: set[str]) -> bool:
 
 def test_files(root: Path, module: str, imports: dict[str, set[str]]) -> list[str]:
     """The test files that import `module` and name something it defines (every test file
-    imports the whole `policies` package, but the conformance tests never touch the gates): the
-    killers (small and fast) first, then its own file, then the rest; `-x` stops at the first
-    failure. The killers and the module's own file are always kept."""
+    imports the whole `policies` package, but the conformance tests never touch the gates): its
+    own file first (most mutants die there), then the killers, then the rest; `-x` stops at the
+    first failure. The module's own file and the killers are always kept."""
     names = defined_names((root / module).read_text())
     relevant = [
         t
@@ -294,7 +294,7 @@ def test_files(root: Path, module: str, imports: dict[str, set[str]]) -> list[st
         if dotted_name(module) in imports[t]
         and (t in (TESTS[-1], own_test(module)) or names_any(root, t, names))
     ]
-    first = [t for t in (TESTS[-1], own_test(module)) if t in relevant]
+    first = [t for t in (own_test(module), TESTS[-1]) if t in relevant]
     return first + [t for t in relevant if t not in first]
 
 
