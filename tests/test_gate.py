@@ -454,3 +454,71 @@ def test_gate_parts_take_keywords_only(part: type[object]) -> None:
     """Every part is configured by keyword, so a new field never shifts a positional one."""
     with pytest.raises(TypeError):
         part(1.0)
+
+
+def test_concurrency_below_one_still_lets_one_task_through() -> None:
+    """A limit under 1 (a configuration, or decreases) still allows one task in flight, so
+    the account can never deadlock."""
+    slots = AdaptiveConcurrency(limit=0.5, min_limit=0.5)
+    assert slots.acquire("a") is None
+    assert isinstance(slots.acquire("b"), Hold)
+
+
+def test_concurrency_holds_new_tasks_while_over_a_decreased_limit() -> None:
+    """After a decrease leaves more tasks in flight than the limit, new tasks wait."""
+    slots = AdaptiveConcurrency(limit=5.0, decrease=0.5, cooldown=0.0)
+    for job in "abcde":
+        assert slots.acquire(job) is None
+    slots.observe(failure(2), sent_at=0.0, now=0.0)
+    assert slots.limit == 2.5
+    assert isinstance(slots.acquire("f"), Hold)
+
+
+def test_concurrency_release_wakes_only_as_many_as_slots_freed() -> None:
+    """One finished task frees one slot: only the first queued job is woken."""
+    slots = AdaptiveConcurrency(limit=1.0)
+    assert slots.acquire("a") is None
+    assert isinstance(slots.acquire("b"), Hold) and isinstance(slots.acquire("c"), Hold)
+    assert slots.release("a") == ["b"]
+
+
+def test_polls_never_wait_for_a_task_slot() -> None:
+    """Task slots bound createTask only: a poll goes even when every slot is taken."""
+    gate = FleetGate(concurrency=AdaptiveConcurrency(limit=1.0))
+    assert gate.admit("a", CREATE, retry=False, now=0.0) == Admit()
+    assert gate.admit("b", POLL, retry=False, now=0.0) == Admit()
+
+
+def test_retry_budget_defaults_cap_the_tokens_at_one_hundred() -> None:
+    """However long the account idles, the budget saves at most `max_tokens` (100)."""
+    budget = RetryBudget()
+    assert budget.hold(1e6) is None
+    assert budget.tokens == 100.0
+
+
+def test_rate_learns_from_http_429_too() -> None:
+    """An HTTP 429 without an API code teaches the rate like RATE_LIMITED does."""
+    rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=5)
+    for n in range(5):
+        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    too_many = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=429)
+    rate.observe(too_many, sent_at=0.5, now=0.5)
+    assert rate.rate == 5.0
+
+
+def test_rate_learns_from_exactly_min_evidence_requests() -> None:
+    """`min_evidence` accepted requests in the window are enough to learn; one fewer is not."""
+    for accepted, learns in ((5, True), (4, False)):
+        rate = AdaptiveRate(window=1.0, min_evidence=5)
+        for n in range(accepted):
+            rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+        rate.observe(failure(16), sent_at=0.5, now=0.5)
+        assert (rate.rate is not None) is learns
+
+
+@pytest.mark.parametrize("part", [AdaptiveConcurrency(), AdaptiveRate()])
+def test_part_observe_times_are_keyword_only(part: AdaptiveConcurrency | AdaptiveRate) -> None:
+    """`sent_at` and `now` are keyword-only, so they cannot be swapped by position."""
+    part.observe(None, sent_at=0.0, now=0.1)
+    with pytest.raises(TypeError):
+        part.observe(None, 0.0, 0.1)  # type: ignore[misc]
