@@ -187,8 +187,9 @@ class SharedPause:
 
     base: float = 1.0
     cap: float = 30.0
-    until: float = 0.0
-    quota_until: float = 0.0
+    # -inf, not 0: clock readings may be negative (only their differences matter).
+    until: float = -math.inf
+    quota_until: float = -math.inf
     cause: Failure | None = None
     quota_cause: Failure | None = None
     strikes: int = 0
@@ -348,12 +349,16 @@ class RetryBudget:
     floor_per_second: float = 10.0
     max_tokens: float = 100.0
     tokens: float = 10.0
-    updated: float = 0.0
+    updated: float | None = None
+    """When `tokens` was last brought up to date (None: not yet used; the floor rate
+    accrues from the first use on)."""
     retries: int = 0
     first_attempts: int = 0
 
     def _refill(self, now: float) -> None:
-        if now > self.updated:
+        if self.updated is None:
+            self.updated = now
+        elif now > self.updated:
             self.tokens = min(
                 self.max_tokens, self.tokens + (now - self.updated) * self.floor_per_second
             )
@@ -403,8 +408,8 @@ class AdaptiveRate:
     applies."""
     rate: float | None = None
     ceiling: float | None = None
-    next_free: float = 0.0
-    last_change: float = 0.0
+    next_free: float = -math.inf
+    last_change: float = -math.inf
     last_paced: float = -math.inf
     accepted: collections.deque[float] = attrs.field(factory=collections.deque)
     reservations: dict[Hashable, float] = attrs.field(factory=dict)
@@ -499,7 +504,7 @@ class FleetGate:
             refusal = self.circuit.refuse(job, endpoint, now)
             if refusal is not None:
                 return refusal
-        pause_end = 0.0
+        pause_end = -math.inf
         if self.pause is not None:
             held = self.pause.hold(endpoint, now)
             if held is not None:

@@ -492,6 +492,8 @@ def test_polls_never_wait_for_a_task_slot() -> None:
 def test_retry_budget_defaults_cap_the_tokens_at_one_hundred() -> None:
     """However long the account idles, the budget saves at most `max_tokens` (100)."""
     budget = RetryBudget()
+    assert budget.hold(-50.0) is None
+    assert budget.tokens == 10.0  # the floor rate accrues from the first use on
     assert budget.hold(1e6) is None
     assert budget.tokens == 100.0
 
@@ -522,3 +524,41 @@ def test_part_observe_times_are_keyword_only(part: AdaptiveConcurrency | Adaptiv
     part.observe(None, sent_at=0.0, now=0.1)
     with pytest.raises(TypeError):
         part.observe(None, 0.0, 0.1)  # type: ignore[misc]
+
+
+def gate_script(origin: float) -> list[object]:
+    """Drive a FleetGate through admissions, a rate limit without a hint, paced requests,
+    retries, an outage and a permanent error, all at `origin` + t; return every decision
+    with its times made relative to `origin`."""
+    gate = FleetGate(rng=random.Random(5), budget=RetryBudget(tokens=3.0, floor_per_second=1.0))
+    decisions: list[object] = []
+
+    def admit(job: str, endpoint: Endpoint, t: float, *, retry: bool = False) -> None:
+        decision = gate.admit(job, endpoint, retry=retry, now=origin + t)
+        if isinstance(decision, Hold) and decision.until is not None:
+            # rounded: shifting by a large origin costs float precision, not meaning
+            decision = Hold(round(decision.until - origin, 6), decision.reason, decision.cause)
+        decisions.append(decision)
+
+    for n in range(12):
+        gate.register(n, origin)
+        admit(str(n), CREATE, 0.01 * n)
+        gate.observe(str(n), CREATE, None, sent_at=origin + 0.01 * n, now=origin + 0.01 * n)
+    gate.observe("0", POLL, failure(16), sent_at=origin + 0.2, now=origin + 0.2)
+    admit("0", POLL, 0.5)
+    for n in range(14):
+        admit(str(n), POLL, 1.1 + 0.02 * n, retry=n % 2 == 0)
+    gate.observe("1", POLL, failure(21, hint=3), sent_at=origin + 8, now=origin + 8)
+    admit("1", POLL, 9.0)
+    admit("1", POLL, 11.5)
+    gate.observe("2", CREATE, failure(1), sent_at=origin + 12, now=origin + 12)
+    admit("3", CREATE, 12.5)
+    return decisions
+
+
+@pytest.mark.parametrize("origin", [-1e6, -5.0, 1e9])
+def test_gate_depends_only_on_time_differences(origin: float) -> None:
+    """The clock contract says only differences matter: the same calls shifted by any
+    origin, negative included, get the same decisions (the gate once held everything until
+    t = 0 and froze its retry budget while the clock read below 0)."""
+    assert gate_script(origin) == gate_script(0.0)
