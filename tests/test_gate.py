@@ -562,3 +562,14 @@ def test_gate_depends_only_on_time_differences(origin: float) -> None:
     origin, negative included, get the same decisions (the gate once held everything until
     t = 0 and froze its retry budget while the clock read below 0)."""
     assert gate_script(origin) == gate_script(0.0)
+
+
+def test_retry_budget_slow_floor_still_says_when() -> None:
+    """A floor under one token a second still gives a spent budget's retry a time to come
+    back (never an open-ended hold): at 0.5 tokens/s, 2 s for a whole token."""
+    budget = RetryBudget(tokens=0.0, floor_per_second=0.5)
+    held = budget.hold(0.0)
+    assert isinstance(held, Hold) and held.until == 2.0
+    assert RetryBudget(tokens=0.0, floor_per_second=0.0).hold(0.0) == Hold(
+        None, "retry budget spent"
+    )
