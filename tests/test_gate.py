@@ -293,6 +293,8 @@ def test_concurrency_default_cooldown_is_five_seconds() -> None:
     for job in range(100):
         slots.acquire(job)
     slots.observe(failure(2), sent_at=0.0, now=0.0)
+    slots.observe(failure(2), sent_at=4.9, now=4.9)
+    assert slots.limit == 50.0
     slots.observe(failure(2), sent_at=5.0, now=5.0)
     assert slots.limit == 25.0
 
@@ -570,6 +572,144 @@ def test_retry_budget_slow_floor_still_says_when() -> None:
     budget = RetryBudget(tokens=0.0, floor_per_second=0.5)
     held = budget.hold(0.0)
     assert isinstance(held, Hold) and held.until == 2.0
+    held = RetryBudget(tokens=0.5, floor_per_second=0.5).hold(0.0)
+    assert isinstance(held, Hold) and held.until == 1.0  # half a token to go
     assert RetryBudget(tokens=0.0, floor_per_second=0.0).hold(0.0) == Hold(
         None, "retry budget spent"
     )
+
+
+class Lowest(random.Random):
+    """A generator whose `uniform(a, b)` is always `a`: jittered waits at their shortest."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+def test_pause_jitter_starts_at_zero() -> None:
+    """Full jitter: an unhinted pause may be as short as nothing at all."""
+    pause = SharedPause()
+    pause.observe(failure(21), 7.0, Lowest())
+    assert pause.until == 7.0
+
+
+def test_quota_pause_keeps_the_latest_end_and_reports_extensions() -> None:
+    """A quota reply extends the new-task pause (and says so); a shorter one later does not
+    shorten it, and the same end again is no extension."""
+    pause = SharedPause()
+    assert pause.observe(failure(17, hint=3600), 0.0, Highest())
+    assert not pause.observe(failure(17, hint=1), 1.0, Highest())
+    assert pause.quota_until == 3600.0
+    assert pause.observe(failure(16, hint=5), 0.0, Highest())
+    assert not pause.observe(failure(16, hint=4), 1.0, Highest())  # the same end, 5.0
+
+
+def test_concurrency_release_wakes_as_many_as_slots_are_free() -> None:
+    """With 4 slots, 3 still held, one job waits for the one free slot."""
+    slots = AdaptiveConcurrency(limit=4.0)
+    for job in "abcd":
+        slots.acquire(job)
+    for job in "efg":
+        slots.acquire(job)
+    assert slots.release("a") == ["e"]
+
+
+def test_concurrency_release_over_the_limit_wakes_nobody() -> None:
+    """While more tasks are in flight than a decreased limit, a release frees no slot."""
+    slots = AdaptiveConcurrency(limit=4.0, decrease=0.5, cooldown=0.0)
+    for job in "abcd":
+        slots.acquire(job)
+    slots.acquire("e")
+    slots.observe(failure(2), sent_at=0.0, now=0.0)
+    assert slots.limit == 2.0
+    assert slots.release("a") == []
+
+
+def test_gate_task_slot_is_kept_on_success_and_freed_on_a_failed_create() -> None:
+    """An accepted createTask keeps its slot (the task is in flight); a refused one frees it
+    for the next job; polls do not touch the slots or the limit."""
+    gate = FleetGate(concurrency=AdaptiveConcurrency(limit=1.0, slow_start=False))
+    assert gate.admit("a", CREATE, retry=False, now=0.0) == Admit()
+    assert isinstance(gate.admit("b", CREATE, retry=False, now=0.0), Hold)
+    gate.observe("a", CREATE, None, sent_at=0.0, now=0.1)
+    assert gate.wakeups() == []
+    assert gate.concurrency is not None and gate.concurrency.limit == 2.0
+    gate.observe("a", POLL, None, sent_at=0.2, now=0.3)
+    assert gate.concurrency.limit == 2.0
+    gate.observe("a", CREATE, failure(2), sent_at=0.4, now=0.5)
+    assert gate.wakeups() == ["b"]
+
+
+def test_rate_never_goes_below_min_rate() -> None:
+    """A rate measured over a long window is floored at `min_rate` (0.1/s by default)."""
+    rate = AdaptiveRate(window=100.0, safety=1.0)
+    for n in range(5):
+        rate.observe(None, sent_at=float(n), now=float(n))
+    rate.observe(failure(16), sent_at=5.0, now=5.0)
+    assert (rate.ceiling, rate.rate) == (0.1, 0.1)
+
+
+def test_rate_default_min_evidence_is_five() -> None:
+    """By default five accepted requests in the window teach a rate, four do not."""
+    for accepted, learns in ((5, True), (4, False)):
+        rate = AdaptiveRate()
+        for n in range(accepted):
+            rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+        rate.observe(failure(16), sent_at=0.5, now=0.5)
+        assert (rate.rate is not None) is learns
+
+
+def test_rate_grows_after_more_than_a_window_too() -> None:
+    """Growth is due once at least a window has passed, not only exactly one."""
+    rate = paced_rate(rate=10.0, ceiling=10.0, last_change=0.0, last_paced=1.0)
+    rate.hold("a", 1.5, 0.0)
+    assert rate.rate == pytest.approx(15.0)
+
+
+def test_rate_measures_only_the_last_window() -> None:
+    """Requests accepted before the last window do not count toward the ceiling."""
+    rate = AdaptiveRate(window=1.0, safety=1.0)
+    for start in (0.0, 10.0):
+        for n in range(5):
+            rate.observe(None, sent_at=start + 0.1 * n, now=start + 0.1 * n)
+    rate.observe(failure(16), sent_at=10.5, now=10.5)
+    assert rate.ceiling == 5.0
+
+
+@pytest.mark.parametrize("code", [2, 21, 12])
+def test_rate_learns_only_from_rate_limits(code: int) -> None:
+    """Other failures (no slot, outage, unsolvable) teach no rate."""
+    rate = AdaptiveRate()
+    for n in range(10):
+        rate.observe(None, sent_at=0.05 * n, now=0.05 * n)
+    rate.observe(failure(code, hint=1), sent_at=0.5, now=0.5)
+    assert rate.rate is None
+
+
+def test_gate_learns_the_rate_and_restarts_pacing_after_a_pause() -> None:
+    """Through the gate: a 16 teaches the rate, and the pause it starts drops reservations
+    handed out before it, so released jobs do not all go at once."""
+    gate = FleetGate()
+    for n in range(10):
+        gate.observe(str(n), POLL, None, sent_at=0.05 * n, now=0.05 * n)
+    gate.observe("x", POLL, failure(16, hint=2), sent_at=0.5, now=0.5)
+    assert gate.rate is not None and gate.rate.rate is not None
+    assert gate.rate.next_free >= 2.5
+    gate.rate.reservations["late"] = 9.0
+    gate.observe("x", POLL, failure(16, hint=5), sent_at=0.6, now=0.6)
+    assert gate.rate.reservations == {}
+
+
+def test_gate_without_rate_or_pause_parts_still_works() -> None:
+    """Every part may be None: a 16 with no rate part, pacing with no pause part."""
+    no_rate = FleetGate(rate=None)
+    no_rate.observe("a", POLL, failure(16, hint=1), sent_at=0.0, now=0.0)
+    assert isinstance(no_rate.admit("a", POLL, retry=False, now=0.5), Hold)
+    no_pause = FleetGate(pause=None, rate=AdaptiveRate(rate=10.0))
+    assert no_pause.admit("a", CREATE, retry=False, now=0.5) == Admit()
+
+
+def test_circuit_probe_flag_is_keyword_only() -> None:
+    """`probe` must be named, so `refuse(job, endpoint, now, False)` cannot slip through."""
+    with pytest.raises(TypeError):
+        CircuitBreaker().refuse("a", CREATE, 0.0, False)  # type: ignore[misc]
