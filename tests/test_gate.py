@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -464,6 +465,7 @@ def test_concurrency_below_one_still_lets_one_task_through() -> None:
     slots = AdaptiveConcurrency(limit=0.5, min_limit=0.5)
     assert slots.acquire("a") is None
     assert isinstance(slots.acquire("b"), Hold)
+    assert slots.release("a") == ["b"]
 
 
 def test_concurrency_holds_new_tasks_while_over_a_decreased_limit() -> None:
@@ -620,6 +622,7 @@ def test_concurrency_release_over_the_limit_wakes_nobody() -> None:
     for job in "abcd":
         slots.acquire(job)
     slots.acquire("e")
+    slots.acquire("f")
     slots.observe(failure(2), sent_at=0.0, now=0.0)
     assert slots.limit == 2.0
     assert slots.release("a") == []
@@ -713,3 +716,48 @@ def test_circuit_probe_flag_is_keyword_only() -> None:
     """`probe` must be named, so `refuse(job, endpoint, now, False)` cannot slip through."""
     with pytest.raises(TypeError):
         CircuitBreaker().refuse("a", CREATE, 0.0, False)  # type: ignore[misc]
+
+
+def test_pause_backoff_exponent_stops_at_32_doublings() -> None:
+    """With no cap, the unhinted pause stops doubling at `base * 2 ** 32` (no overflow)."""
+    pause = SharedPause(base=1.0, cap=math.inf)
+    for _ in range(40):
+        pause.observe(failure(21), 0.0, Highest())
+    assert pause.until == 2.0**32
+
+
+def test_concurrency_no_slot_caps_the_limit_below_the_tasks_in_flight() -> None:
+    """After NO_SLOT_AVAILABLE the limit is at most the other tasks in flight (the service
+    was full with them), and never below `min_limit` (1 by default)."""
+    slots = AdaptiveConcurrency(limit=16.0, decrease=0.9)
+    for job in range(6):
+        slots.acquire(job)
+    slots.observe(failure(2), sent_at=0.0, now=0.0)
+    assert slots.limit == 5.0
+    alone = AdaptiveConcurrency(limit=16.0)
+    alone.acquire("a")
+    alone.observe(failure(2), sent_at=0.0, now=0.0)
+    assert alone.limit == 1.0
+
+
+@pytest.mark.parametrize("code", [21, 10, 3])
+def test_concurrency_ignores_other_create_failures(code: int) -> None:
+    """Only NO_SLOT_AVAILABLE lowers the task-slot limit."""
+    slots = AdaptiveConcurrency(limit=8.0)
+    slots.acquire("a")
+    slots.observe(failure(code), sent_at=0.0, now=0.0)
+    assert slots.limit == 8.0
+
+
+def test_rate_window_is_measured_back_from_now() -> None:
+    """The window is the `window` seconds before the rate limit, not whole seconds."""
+    rate = AdaptiveRate(window=1.0, safety=1.0)
+    for n in range(5):
+        rate.observe(None, sent_at=0.5 + 0.1 * n, now=0.5 + 0.1 * n)
+    rate.observe(failure(16), sent_at=1.45, now=1.45)
+    assert rate.ceiling == 5.0
+
+
+def test_fleet_gates_compare_by_their_parts_not_their_random_state() -> None:
+    """Two default gates are equal whatever their generators."""
+    assert FleetGate(rng=random.Random(1)) == FleetGate(rng=random.Random(2))
