@@ -761,3 +761,76 @@ def test_rate_window_is_measured_back_from_now() -> None:
 def test_fleet_gates_compare_by_their_parts_not_their_random_state() -> None:
     """Two default gates are equal whatever their generators."""
     assert FleetGate(rng=random.Random(1)) == FleetGate(rng=random.Random(2))
+
+
+def test_gate_part_defaults() -> None:
+    """The defaults the README and docstrings describe: 16 task slots to start, a retry floor
+    of 10/s, and pacing at 0.9 of the measured rate over 1 s, probing 5% a window up to 0.95
+    of the ceiling."""
+    assert AdaptiveConcurrency().limit == 16.0
+    assert RetryBudget().floor_per_second == 10.0
+    rate = AdaptiveRate()
+    assert (rate.window, rate.safety, rate.increase, rate.headroom) == (1.0, 0.9, 0.05, 0.95)
+
+
+def test_circuit_stays_open_when_a_job_other_than_the_probe_succeeds() -> None:
+    """Only the probe's success closes the circuit (a poll of a paid task proves nothing)."""
+    circuit = CircuitBreaker(cooldown=10.0)
+    circuit.observe("a", failure(3), 0.0)
+    assert circuit.refuse("probe", CREATE, 11.0) is None
+    circuit.observe("other", None, 12.0)
+    assert circuit.is_open
+
+
+def test_retry_budget_refills_by_the_time_since_its_last_update() -> None:
+    """Tokens accrue at the floor rate for the time since the budget was last updated."""
+    budget = RetryBudget(tokens=0.0, floor_per_second=10.0)
+    budget.hold(100.0)
+    budget.hold(100.05)
+    assert budget.tokens == pytest.approx(0.5)
+
+
+def test_rate_window_keeps_a_request_exactly_a_window_old() -> None:
+    """A request sent exactly `window` seconds before the rate limit still counts."""
+    rate = AdaptiveRate(window=1.0, safety=1.0)
+    for n in range(5):
+        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    rate.observe(failure(16), sent_at=1.0, now=1.0)
+    assert rate.ceiling == 5.0
+
+
+def test_rate_ceiling_is_requests_per_second_over_longer_windows() -> None:
+    """Over a 2 s window, 5 accepted requests are a ceiling of 2.5/s."""
+    rate = AdaptiveRate(window=2.0, safety=1.0)
+    for n in range(5):
+        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    rate.observe(failure(16), sent_at=0.5, now=0.5)
+    assert rate.ceiling == 2.5
+
+
+def test_rate_falls_on_a_lower_measurement() -> None:
+    """A later rate limit that measures fewer accepted requests lowers the rate."""
+    rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
+    for n in range(8):
+        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    rate.observe(failure(16), sent_at=0.8, now=0.8)
+    assert rate.rate == 8.0
+    for n in range(3):
+        rate.observe(None, sent_at=10.0 + 0.1 * n, now=10.0 + 0.1 * n)
+    rate.observe(failure(16), sent_at=10.5, now=10.5)
+    assert rate.rate == 3.0
+
+
+def test_fleet_gate_repr_leaves_out_its_generator() -> None:
+    """The repr shows the parts, not the random generator's state."""
+    assert "Random" not in repr(FleetGate())
+
+
+def test_gate_release_drops_the_jobs_reservation() -> None:
+    """A finished job's reserved send time is dropped; with no rate part release still works."""
+    gate = FleetGate(rate=AdaptiveRate(rate=1.0), concurrency=None)
+    assert gate.admit("a", POLL, retry=False, now=0.0) == Admit()
+    assert isinstance(gate.admit("b", POLL, retry=False, now=0.0), Hold)
+    gate.release("b", 0.5)
+    assert gate.rate is not None and "b" not in gate.rate.reservations
+    FleetGate(rate=None).release("a", 0.0)
