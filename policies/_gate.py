@@ -345,9 +345,9 @@ class RetryBudget:
     retries stay within `ratio` of the traffic plus the floor rate (the design of Finagle's
     RetryBudget and of the AWS SDKs' retry quota, waiting instead of failing)."""
 
-    ratio: float = 0.2
-    floor_per_second: float = 10.0
-    max_tokens: float = 100.0
+    ratio: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+    floor_per_second: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    max_tokens: float = attrs.field(default=100.0, validator=attrs.validators.ge(1))
     tokens: float = 10.0
     updated: float | None = None
     """When `tokens` was last brought up to date (None: not yet used; the floor rate

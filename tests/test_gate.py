@@ -834,3 +834,19 @@ def test_gate_release_drops_the_jobs_reservation() -> None:
     gate.release("b", 0.5)
     assert gate.rate is not None and "b" not in gate.rate.reservations
     FleetGate(rate=None).release("a", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("ratio", -0.1),
+        ("floor_per_second", -1.0),
+        ("floor_per_second", math.nan),
+        ("max_tokens", 0.5),
+    ],
+)
+def test_retry_budget_rejects_bad_settings(field: str, value: float) -> None:
+    """A negative ratio or floor, a NaN, or room for less than one token is a ValueError
+    naming the field (a negative floor used to schedule retries in the past)."""
+    with pytest.raises(ValueError, match=field):
+        RetryBudget(**{field: value})
