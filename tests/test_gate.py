@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -274,27 +275,26 @@ def test_circuit_admit_takes_the_probe_but_standing_does_not() -> None:
 # -- AdaptiveConcurrency, exactly --------------------------------------------------------
 
 
-def test_concurrency_decreases_at_once_then_once_per_cooldown() -> None:
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: AdaptiveConcurrency(limit=100.0, decrease=0.5, cooldown=5.0),
+        lambda: AdaptiveConcurrency(limit=100.0, decrease=0.5),
+    ],
+    ids=["5", "default"],
+)
+def test_concurrency_decreases_at_once_then_once_per_cooldown(
+    make: Callable[[], AdaptiveConcurrency],
+) -> None:
     """The first NO_SLOT_AVAILABLE decreases the limit at any time (even at t = 0); the next
-    only once `cooldown` seconds have passed, counting exactly `cooldown` as passed."""
-    slots = AdaptiveConcurrency(limit=100.0, decrease=0.5, cooldown=5.0)
+    only once `cooldown` seconds (5 by default) have passed, counting exactly `cooldown` as
+    passed."""
+    slots = make()
     for job in range(100):
         slots.acquire(job)
     slots.observe(failure(2), sent_at=0.0, now=0.0)
     assert slots.limit == 50.0
     slots.observe(failure(2), sent_at=4.0, now=4.9)
-    assert slots.limit == 50.0
-    slots.observe(failure(2), sent_at=5.0, now=5.0)
-    assert slots.limit == 25.0
-
-
-def test_concurrency_default_cooldown_is_five_seconds() -> None:
-    """By default NO_SLOT_AVAILABLE decreases the limit at most once per 5 s."""
-    slots = AdaptiveConcurrency(limit=100.0, decrease=0.5)
-    for job in range(100):
-        slots.acquire(job)
-    slots.observe(failure(2), sent_at=0.0, now=0.0)
-    slots.observe(failure(2), sent_at=4.9, now=4.9)
     assert slots.limit == 50.0
     slots.observe(failure(2), sent_at=5.0, now=5.0)
     assert slots.limit == 25.0
@@ -332,6 +332,13 @@ def test_gate_spends_the_budget_on_retries_only() -> None:
 
 
 # -- AdaptiveRate, exactly ---------------------------------------------------------------
+
+
+def accept(rate: AdaptiveRate, count: int, *, start: float = 0.0, step: float = 0.1) -> None:
+    """Tell `rate` of `count` accepted requests, sent (and answered) `step` s apart from
+    `start`."""
+    for n in range(count):
+        rate.observe(None, sent_at=start + step * n, now=start + step * n)
 
 
 def paced_rate(**fields: float) -> AdaptiveRate:
@@ -396,12 +403,10 @@ def test_rate_reservation_in_the_past_is_admitted() -> None:
 def test_rate_only_falls_on_a_new_rate_limit() -> None:
     """A later rate limit that measures a higher rate leaves the paced rate as it was."""
     rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
-    for n in range(5):
-        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    accept(rate, 5)
     rate.observe(failure(16), sent_at=0.5, now=0.5)
     assert rate.rate == 5.0
-    for n in range(10):
-        rate.observe(None, sent_at=10.0 + 0.05 * n, now=10.0 + 0.05 * n)
+    accept(rate, 10, start=10.0, step=0.05)
     rate.observe(failure(16), sent_at=10.5, now=10.5)
     assert rate.rate == 5.0
 
@@ -442,8 +447,7 @@ def test_rate_learned_on_an_idle_account_does_not_grow() -> None:
     """A rate learned from a rate limit stays put while nothing waits for it, from the very
     first window on (no request has been paced yet)."""
     rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
-    for n in range(5):
-        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    accept(rate, 5)
     rate.observe(failure(16), sent_at=0.5, now=0.5)
     assert rate.hold("a", 10.0, 0.0) is None
     assert (rate.rate, rate.ceiling) == (5.0, 5.0)
@@ -505,21 +509,10 @@ def test_retry_budget_defaults_cap_the_tokens_at_one_hundred() -> None:
 def test_rate_learns_from_http_429_too() -> None:
     """An HTTP 429 without an API code teaches the rate like RATE_LIMITED does."""
     rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=5)
-    for n in range(5):
-        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    accept(rate, 5)
     too_many = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=429)
     rate.observe(too_many, sent_at=0.5, now=0.5)
     assert rate.rate == 5.0
-
-
-def test_rate_learns_from_exactly_min_evidence_requests() -> None:
-    """`min_evidence` accepted requests in the window are enough to learn; one fewer is not."""
-    for accepted, learns in ((5, True), (4, False)):
-        rate = AdaptiveRate(window=1.0, min_evidence=5)
-        for n in range(accepted):
-            rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
-        rate.observe(failure(16), sent_at=0.5, now=0.5)
-        assert (rate.rate is not None) is learns
 
 
 @pytest.mark.parametrize("part", [AdaptiveConcurrency(), AdaptiveRate()])
@@ -646,18 +639,20 @@ def test_gate_task_slot_is_kept_on_success_and_freed_on_a_failed_create() -> Non
 def test_rate_never_goes_below_min_rate() -> None:
     """A rate measured over a long window is floored at `min_rate` (0.1/s by default)."""
     rate = AdaptiveRate(window=100.0, safety=1.0)
-    for n in range(5):
-        rate.observe(None, sent_at=float(n), now=float(n))
+    accept(rate, 5, step=1.0)
     rate.observe(failure(16), sent_at=5.0, now=5.0)
     assert (rate.ceiling, rate.rate) == (0.1, 0.1)
 
 
-def test_rate_default_min_evidence_is_five() -> None:
-    """By default five accepted requests in the window teach a rate, four do not."""
+@pytest.mark.parametrize(
+    "make", [AdaptiveRate, lambda: AdaptiveRate(window=1.0, min_evidence=5)], ids=["default", "5"]
+)
+def test_rate_learns_from_exactly_min_evidence_requests(make: Callable[[], AdaptiveRate]) -> None:
+    """`min_evidence` (5 by default) accepted requests in the window are enough to learn; one
+    fewer is not."""
     for accepted, learns in ((5, True), (4, False)):
-        rate = AdaptiveRate()
-        for n in range(accepted):
-            rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+        rate = make()
+        accept(rate, accepted)
         rate.observe(failure(16), sent_at=0.5, now=0.5)
         assert (rate.rate is not None) is learns
 
@@ -673,8 +668,7 @@ def test_rate_measures_only_the_last_window() -> None:
     """Requests accepted before the last window do not count toward the ceiling."""
     rate = AdaptiveRate(window=1.0, safety=1.0)
     for start in (0.0, 10.0):
-        for n in range(5):
-            rate.observe(None, sent_at=start + 0.1 * n, now=start + 0.1 * n)
+        accept(rate, 5, start=start)
     rate.observe(failure(16), sent_at=10.5, now=10.5)
     assert rate.ceiling == 5.0
 
@@ -683,8 +677,7 @@ def test_rate_measures_only_the_last_window() -> None:
 def test_rate_learns_only_from_rate_limits(code: int) -> None:
     """Other failures (no slot, outage, unsolvable) teach no rate."""
     rate = AdaptiveRate()
-    for n in range(10):
-        rate.observe(None, sent_at=0.05 * n, now=0.05 * n)
+    accept(rate, 10, step=0.05)
     rate.observe(failure(code, hint=1), sent_at=0.5, now=0.5)
     assert rate.rate is None
 
@@ -752,8 +745,7 @@ def test_concurrency_ignores_other_create_failures(code: int) -> None:
 def test_rate_window_is_measured_back_from_now() -> None:
     """The window is the `window` seconds before the rate limit, not whole seconds."""
     rate = AdaptiveRate(window=1.0, safety=1.0)
-    for n in range(5):
-        rate.observe(None, sent_at=0.5 + 0.1 * n, now=0.5 + 0.1 * n)
+    accept(rate, 5, start=0.5)
     rate.observe(failure(16), sent_at=1.45, now=1.45)
     assert rate.ceiling == 5.0
 
@@ -793,8 +785,7 @@ def test_retry_budget_refills_by_the_time_since_its_last_update() -> None:
 def test_rate_window_keeps_a_request_exactly_a_window_old() -> None:
     """A request sent exactly `window` seconds before the rate limit still counts."""
     rate = AdaptiveRate(window=1.0, safety=1.0)
-    for n in range(5):
-        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    accept(rate, 5)
     rate.observe(failure(16), sent_at=1.0, now=1.0)
     assert rate.ceiling == 5.0
 
@@ -802,8 +793,7 @@ def test_rate_window_keeps_a_request_exactly_a_window_old() -> None:
 def test_rate_ceiling_is_requests_per_second_over_longer_windows() -> None:
     """Over a 2 s window, 5 accepted requests are a ceiling of 2.5/s."""
     rate = AdaptiveRate(window=2.0, safety=1.0)
-    for n in range(5):
-        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    accept(rate, 5)
     rate.observe(failure(16), sent_at=0.5, now=0.5)
     assert rate.ceiling == 2.5
 
@@ -811,12 +801,10 @@ def test_rate_ceiling_is_requests_per_second_over_longer_windows() -> None:
 def test_rate_falls_on_a_lower_measurement() -> None:
     """A later rate limit that measures fewer accepted requests lowers the rate."""
     rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
-    for n in range(8):
-        rate.observe(None, sent_at=0.1 * n, now=0.1 * n)
+    accept(rate, 8)
     rate.observe(failure(16), sent_at=0.8, now=0.8)
     assert rate.rate == 8.0
-    for n in range(3):
-        rate.observe(None, sent_at=10.0 + 0.1 * n, now=10.0 + 0.1 * n)
+    accept(rate, 3, start=10.0)
     rate.observe(failure(16), sent_at=10.5, now=10.5)
     assert rate.rate == 3.0
 
