@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import math
+import pathlib
 import random
 from collections.abc import Callable
 
 import pytest
 
 from captchaflow.policies import (
+    AccountGate,
     AdaptiveConcurrency,
     AdaptiveRate,
     Admit,
@@ -343,7 +345,7 @@ def accept(rate: AdaptiveRate, count: int, *, start: float = 0.0, step: float = 
 
 def paced_rate(**fields: float) -> AdaptiveRate:
     """A rate already learned: 10/s, ceiling 10/s, last changed at t = 0."""
-    return AdaptiveRate(window=1.0, increase=0.5, headroom=2.0, **fields)
+    return AdaptiveRate(**({"window": 1.0, "increase": 0.5, "headroom": 2.0} | fields))
 
 
 def test_rate_grows_once_per_window_while_requests_wait() -> None:
@@ -443,13 +445,15 @@ def test_gates_take_the_protocol_arguments_by_name(gate: OpenGate | FleetGate) -
         gate.observe("a", CREATE, None, 0.0, 0.1)  # type: ignore[misc]
 
 
-def test_rate_learned_on_an_idle_account_does_not_grow() -> None:
+@pytest.mark.parametrize("origin", [0.0, -9.5])
+def test_rate_learned_on_an_idle_account_does_not_grow(origin: float) -> None:
     """A rate learned from a rate limit stays put while nothing waits for it, from the very
-    first window on (no request has been paced yet)."""
+    first window on (no request has been paced yet), wherever the clock starts (-9.5: the
+    first hold comes at t = 0.5, just after the clock passes 0)."""
     rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
-    accept(rate, 5)
-    rate.observe(failure(16), sent_at=0.5, now=0.5)
-    assert rate.hold("a", 10.0, 0.0) is None
+    accept(rate, 5, start=origin)
+    rate.observe(failure(16), sent_at=origin + 0.5, now=origin + 0.5)
+    assert rate.hold("a", origin + 10.0, origin) is None
     assert (rate.rate, rate.ceiling) == (5.0, 5.0)
 
 
@@ -523,11 +527,15 @@ def test_part_observe_times_are_keyword_only(part: AdaptiveConcurrency | Adaptiv
         part.observe(None, 0.0, 0.1)  # type: ignore[misc]
 
 
-def gate_script(origin: float) -> list[object]:
-    """Drive a FleetGate through admissions, a rate limit without a hint, paced requests,
-    retries, an outage and a permanent error, all at `origin` + t; return every decision
-    with its times made relative to `origin`."""
-    gate = FleetGate(rng=random.Random(5), budget=RetryBudget(tokens=3.0, floor_per_second=1.0))
+def gate_script(origin: float, *, pause: bool) -> list[object]:
+    """Drive a FleetGate (with or without its pause part) through admissions, a rate limit
+    without a hint, paced requests, retries, an outage and a permanent error, all at
+    `origin` + t; return every decision with its times made relative to `origin`."""
+    gate = FleetGate(
+        rng=random.Random(5),
+        budget=RetryBudget(tokens=3.0, floor_per_second=1.0),
+        pause=SharedPause() if pause else None,
+    )
     decisions: list[object] = []
 
     def admit(job: str, endpoint: Endpoint, t: float, *, retry: bool = False) -> None:
@@ -553,12 +561,13 @@ def gate_script(origin: float) -> list[object]:
     return decisions
 
 
+@pytest.mark.parametrize("pause", [True, False], ids=["with-pause", "without-pause"])
 @pytest.mark.parametrize("origin", [-1e6, -5.0, 1e9])
-def test_gate_depends_only_on_time_differences(origin: float) -> None:
+def test_gate_depends_only_on_time_differences(origin: float, pause: bool) -> None:
     """The clock contract says only differences matter: the same calls shifted by any
     origin, negative included, get the same decisions (the gate once held everything until
     t = 0 and froze its retry budget while the clock read below 0)."""
-    assert gate_script(origin) == gate_script(0.0)
+    assert gate_script(origin, pause=pause) == gate_script(0.0, pause=pause)
 
 
 def test_retry_budget_slow_floor_still_says_when() -> None:
@@ -594,7 +603,9 @@ def test_quota_pause_keeps_the_latest_end_and_reports_extensions() -> None:
     pause = SharedPause()
     assert pause.observe(failure(17, hint=3600), 0.0, Highest())
     assert not pause.observe(failure(17, hint=1), 1.0, Highest())
+    assert not pause.observe(failure(18, hint=3599), 1.0, Highest())  # the same end
     assert pause.quota_until == 3600.0
+    assert pause.quota_cause is not None and pause.quota_cause.code == 17
     assert pause.observe(failure(16, hint=5), 0.0, Highest())
     assert not pause.observe(failure(16, hint=4), 1.0, Highest())  # the same end, 5.0
 
@@ -755,14 +766,46 @@ def test_fleet_gates_compare_by_their_parts_not_their_random_state() -> None:
     assert FleetGate(rng=random.Random(1)) == FleetGate(rng=random.Random(2))
 
 
-def test_gate_part_defaults() -> None:
-    """The defaults the README and docstrings describe: 16 task slots to start, a retry floor
-    of 10/s, and pacing at 0.9 of the measured rate over 1 s, probing 5% a window up to 0.95
-    of the ceiling."""
-    assert AdaptiveConcurrency().limit == 16.0
-    assert RetryBudget().floor_per_second == 10.0
-    rate = AdaptiveRate()
-    assert (rate.window, rate.safety, rate.increase, rate.headroom) == (1.0, 0.9, 0.05, 0.95)
+README = (pathlib.Path(__file__).parents[1] / "README.md").read_text("utf-8")
+PART_DEFAULTS: dict[type[object], dict[str, object]] = {
+    SharedPause: {"base": 1.0, "cap": 30.0},
+    CircuitBreaker: {"cooldown": None},
+    AdaptiveConcurrency: {
+        "limit": 16.0,
+        "min_limit": 1.0,
+        "max_limit": 10_000.0,
+        "decrease": 0.9,
+        "cooldown": 5.0,
+        "slow_start": True,
+    },
+    RetryBudget: {"ratio": 0.2, "floor_per_second": 10.0, "max_tokens": 100.0},
+    AdaptiveRate: {
+        "window": 1.0,
+        "safety": 0.9,
+        "increase": 0.05,
+        "headroom": 0.95,
+        "min_rate": 0.1,
+        "min_evidence": 5,
+    },
+}
+
+
+def as_call(part: type[object], settings: dict[str, object]) -> str:
+    """`Part(name=value, ...)` as README.md writes it (numbers in their shortest form)."""
+    shown = (
+        f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in settings.items()
+    )
+    return f"`{part.__name__}({', '.join(shown)})`"
+
+
+@pytest.mark.parametrize("part", PART_DEFAULTS, ids=lambda part: part.__name__)
+def test_gate_part_defaults_are_the_documented_ones(part: type[object]) -> None:
+    """Every setting of every gate part defaults to the value README.md states for it."""
+    made = part()
+    settings = PART_DEFAULTS[part]
+    assert {name: getattr(made, name) for name in settings} == settings
+    assert as_call(part, settings) in README
 
 
 def test_circuit_stays_open_when_a_job_other_than_the_probe_succeeds() -> None:
@@ -838,3 +881,90 @@ def test_retry_budget_rejects_bad_settings(field: str, value: float) -> None:
     naming the field (a negative floor used to schedule retries in the past)."""
     with pytest.raises(ValueError, match=field):
         RetryBudget(**{field: value})
+
+
+def test_account_gate_protocol_is_checkable_at_run_time() -> None:
+    """`isinstance(x, AccountGate)` works, so a runtime can check a gate it is handed: both
+    built-in gates pass, an unrelated object does not."""
+    assert isinstance(FleetGate(), AccountGate) and isinstance(OpenGate(), AccountGate)
+    assert not isinstance(object(), AccountGate)
+
+
+def test_quota_pause_ends_exactly_at_its_hint() -> None:
+    """New tasks wait until the quota pause's end, and may go at that very moment (as they
+    may at the end of an account pause)."""
+    pause = SharedPause()
+    pause.observe(failure(17, hint=10), 0.0, Lowest())
+    assert isinstance(pause.hold(CREATE, 9.99), Hold)
+    assert pause.hold(CREATE, 10.0) is None
+
+
+def test_retry_budget_accepts_its_boundary_settings() -> None:
+    """No earning, no floor and room for exactly one token are valid settings (the smallest
+    the validation allows)."""
+    budget = RetryBudget(ratio=0.0, floor_per_second=0.0, max_tokens=1.0)
+    assert (budget.ratio, budget.floor_per_second, budget.max_tokens) == (0.0, 0.0, 1.0)
+
+
+def test_retry_budget_ignores_a_reading_older_than_its_last_update() -> None:
+    """A clock reading earlier than the budget's last update (a runtime passing a stale time)
+    neither drains nor refills it, and does not move its update time back."""
+    budget = RetryBudget(tokens=5.0)
+    assert budget.hold(10.0) is None
+    assert budget.hold(4.0) is None
+    assert (budget.tokens, budget.updated) == (5.0, 10.0)
+
+
+def test_rate_window_slides_with_steady_traffic() -> None:
+    """With requests accepted all along, the oldest leave the window as time moves on: at a
+    rate limit at 2.1 s only the four sent in [1.1, 2.1] count."""
+    rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
+    accept(rate, 10, step=0.2)
+    rate.observe(failure(16), sent_at=2.1, now=2.1)
+    assert rate.ceiling == 4.0
+
+
+@pytest.mark.parametrize("bucket", [b for b in Bucket if b is not Bucket.PERMANENT])
+def test_circuit_opens_only_on_permanent_errors(bucket: Bucket) -> None:
+    """A bad request, an unsolvable task, an HTTP or network failure or a malformed reply says
+    nothing about the account: the circuit stays closed."""
+    circuit = CircuitBreaker()
+    assert not circuit.observe("a", failure(None, bucket=bucket), 0.0)
+    assert not circuit.is_open
+
+
+@pytest.mark.parametrize("origin", [0.0, 1e6])
+def test_preset_rate_first_grows_a_window_after_its_first_use(origin: float) -> None:
+    """A rate given at construction (`AdaptiveRate(rate=10)`) is paced from the first request,
+    and its growth windows count from that request, wherever the clock starts."""
+    rate = AdaptiveRate(rate=10.0, ceiling=10.0, increase=0.5, headroom=2.0)
+    assert rate.hold("a", origin + 0.5, origin) is None
+    held = rate.hold("b", origin + 0.5, origin)
+    assert isinstance(held, Hold) and held.until == pytest.approx(origin + 0.6)
+    rate.hold("c", origin + 1.2, origin)  # 0.7 s after the first use: no growth yet
+    assert rate.rate == 10.0
+
+
+@pytest.mark.parametrize("status", [408, 425])
+def test_request_timeout_and_too_early_do_not_pause(status: int) -> None:
+    """HTTP 408 and 425 are transient for the request that got them, but say nothing about
+    the account's load: unlike 429 and 5xx they pause nobody."""
+    failed = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=status, hint=2)
+    assert not SharedPause().observe(failed, 0.0, random.Random(0))
+
+
+def test_circuit_probe_goes_exactly_when_the_cooldown_ends() -> None:
+    """The cool-down is `cooldown` seconds: the probe may go at that very moment."""
+    circuit = CircuitBreaker(cooldown=10.0)
+    circuit.observe("a", failure(3), 5.0)
+    assert isinstance(circuit.refuse("b", CREATE, 14.99), Refuse)
+    assert circuit.refuse("b", CREATE, 15.0) is None
+
+
+def test_rate_growth_never_lowers_the_rate() -> None:
+    """A rate above `headroom` times the ceiling (safety set above headroom) is kept when
+    growth is due, not cut down to the headroom."""
+    rate = paced_rate(rate=10.0, ceiling=10.0, last_change=0.0, last_paced=0.5, headroom=0.5)
+    rate.hold("a", 1.0, 0.0)
+    assert rate.ceiling == pytest.approx(10.05)
+    assert rate.rate == 10.0
