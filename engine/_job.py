@@ -32,7 +32,6 @@ from captchaflow.policies import (
     Failure,
     GiveUp,
     Hold,
-    LearningPollSchedule,
     PollSchedule,
     Refuse,
     Resubmit,
@@ -278,8 +277,11 @@ class Job:
         elif isinstance(outcome, Solved) and endpoint is Endpoint.GET_TASK_RESULT:
             self.solution = outcome.solution
             self._move("solve", now, f"solved after {self.polls} polls")
-            if isinstance(self.schedule, LearningPollSchedule):
-                self.schedule.observe_solved(now - self._accepted_at)
+            # What isinstance(schedule, LearningPollSchedule) checks, at a tenth of the cost
+            # of a runtime Protocol check (which showed in the simulation's profile).
+            observe_solved = getattr(self.schedule, "observe_solved", None)
+            if callable(observe_solved):
+                observe_solved(now - self._accepted_at)
         else:
             self._awaiting = endpoint
             raise JobStateError(f"{type(outcome).__name__} is not a reply to {endpoint.value}")

@@ -534,3 +534,33 @@ def test_resubmit_from_submitted_recreates() -> None:
     assert job.next_action(0.5) == Wait(1.0)
     assert send(job, 1.0).request.endpoint is Endpoint.CREATE_TASK
     assert job.resubmits == 1
+
+
+@attrs.define
+class RecordingSchedule:
+    """Polls every 2 s and records the times to solution it is told (a learning schedule)."""
+
+    solved: list[float] = attrs.Factory(list)
+
+    def delay_before_poll(self, poll: int) -> float:
+        return 2.0
+
+    def observe_solved(self, seconds: float) -> None:
+        self.solved.append(seconds)
+
+
+def test_learning_schedule_hears_each_solved_tasks_time_to_solution() -> None:
+    """A poll schedule with `observe_solved` (a `LearningPollSchedule`, e.g. `AdaptivePoll`)
+    is told how long after acceptance the task was found solved; it hears nothing of tasks
+    that were not solved."""
+    schedule = RecordingSchedule()
+    job = new_job(schedule=schedule)
+    send(job, 0.0)
+    job.feed(Accepted(7), 0.5)
+    send(job, 2.5)
+    job.feed(Solved({"text": "ok"}), 3.25)
+    assert schedule.solved == [2.75]
+    unsolved = new_job(schedule=schedule)
+    send(unsolved, 4.0)
+    unsolved.feed(fail(Bucket.PERMANENT, Endpoint.CREATE_TASK, code=1), 4.1)
+    assert schedule.solved == [2.75]
