@@ -123,7 +123,7 @@ def fire(model: _HasState, trigger: str) -> None:
 
     The move is read from the live machine's own transition table. The machine defines no
     callbacks, conditions or queueing, so `Event.trigger` would make the same move; its
-    dispatch (event data, callback resolution, logging) took nearly half of a simulation's
+    dispatch (event data, callback resolution, logging) took a fifth of a simulation's
     time."""
     event = _MACHINE.events.get(trigger)
     if event is None:
