@@ -241,7 +241,8 @@ class CircuitBreaker:
 
     cooldown: float | None = None
     failure: Failure | None = None
-    opened_at: float = 0.0
+    opened_at: float = -math.inf
+    """When the circuit opened (-inf for one built open: its cool-down is already over)."""
     probe: Hashable | None = None
 
     @property
@@ -354,6 +355,9 @@ class RetryBudget:
     accrues from the first use on)."""
     retries: int = 0
     first_attempts: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.tokens = min(self.tokens, self.max_tokens)  # never more saved than the cap
 
     def _refill(self, now: float) -> None:
         if self.updated is None:

@@ -778,7 +778,7 @@ PART_DEFAULTS: dict[type[object], dict[str, object]] = {
         "cooldown": 5.0,
         "slow_start": True,
     },
-    RetryBudget: {"ratio": 0.2, "floor_per_second": 10.0, "max_tokens": 100.0},
+    RetryBudget: {"ratio": 0.2, "floor_per_second": 10.0, "max_tokens": 100.0, "tokens": 10.0},
     AdaptiveRate: {
         "window": 1.0,
         "safety": 0.9,
@@ -936,13 +936,17 @@ def test_circuit_opens_only_on_permanent_errors(bucket: Bucket) -> None:
 @pytest.mark.parametrize("origin", [0.0, 1e6])
 def test_preset_rate_first_grows_a_window_after_its_first_use(origin: float) -> None:
     """A rate given at construction (`AdaptiveRate(rate=10)`) is paced from the first request,
-    and its growth windows count from that request, wherever the clock starts."""
+    and its growth windows count from that request, wherever the clock starts: no growth
+    0.7 s after it, growth under demand 1 s after it."""
     rate = AdaptiveRate(rate=10.0, ceiling=10.0, increase=0.5, headroom=2.0)
     assert rate.hold("a", origin + 0.5, origin) is None
     held = rate.hold("b", origin + 0.5, origin)
     assert isinstance(held, Hold) and held.until == pytest.approx(origin + 0.6)
-    rate.hold("c", origin + 1.2, origin)  # 0.7 s after the first use: no growth yet
+    assert rate.hold("c", origin + 1.2, origin) is None  # 0.7 s after the first use: no growth
     assert rate.rate == 10.0
+    assert isinstance(rate.hold("d", origin + 1.2, origin), Hold)  # paced: there is demand
+    rate.hold("e", origin + 1.5, origin)  # a window after the first use: growth is due
+    assert rate.rate == pytest.approx(15.0)
 
 
 @pytest.mark.parametrize("status", [408, 425])
@@ -968,3 +972,33 @@ def test_rate_growth_never_lowers_the_rate() -> None:
     rate.hold("a", 1.0, 0.0)
     assert rate.ceiling == pytest.approx(10.05)
     assert rate.rate == 10.0
+
+
+def test_circuit_built_open_without_a_time_has_served_its_cooldown() -> None:
+    """A circuit built open (`failure=`) without `opened_at` counts as opened long ago: its
+    cool-down is over, whatever the clock reads; with `opened_at` it waits from then."""
+    for now in (-100.0, 0.0, 5.0):
+        assert CircuitBreaker(cooldown=10.0, failure=failure(3)).refuse("x", CREATE, now) is None
+    told = CircuitBreaker(cooldown=10.0, failure=failure(3), opened_at=0.0)
+    assert isinstance(told.refuse("x", CREATE, 5.0), Refuse)
+
+
+def test_circuit_probe_is_recognised_by_equality() -> None:
+    """Jobs are any hashable identity: the probe's success closes the circuit when the key
+    it reports with is equal to the probe's, even if it is another object."""
+    circuit = CircuitBreaker(cooldown=10.0)
+    circuit.observe(("job", 1000), failure(3), 0.0)
+    probe = ("job", int("1000"))
+    assert circuit.refuse(probe, CREATE, 10.0) is None
+    circuit.observe(("job", int("1000")), None, 11.0)
+    assert not circuit.is_open
+
+
+def test_retry_budget_never_starts_above_its_cap() -> None:
+    """Starting tokens above `max_tokens` are cut to it, so a budget of one token allows one
+    retry, then waits."""
+    budget = RetryBudget(max_tokens=1.0, floor_per_second=0.0)
+    assert budget.tokens == 1.0
+    assert budget.hold(0.0) is None
+    budget.spend(True, 0.0)
+    assert isinstance(budget.hold(0.0), Hold)
