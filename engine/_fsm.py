@@ -122,9 +122,10 @@ def fire(model: _HasState, trigger: str) -> None:
     naming the trigger and the state (the model is left unchanged).
 
     The move is read from the live machine's own transition table. The machine defines no
-    callbacks, conditions or queueing, so `Event.trigger` would make the same move; its
-    dispatch (event data, callback resolution, logging) took a fifth of a simulation's
-    time."""
+    callbacks, conditions or queueing, so for a model in one of its states (a `str`, as
+    `Job.state` is) `Event.trigger` would make the same move; its dispatch (event data,
+    callback resolution, logging) took a fifth of a simulation's time. A state the machine
+    does not know is refused like any move it does not have."""
     event = _MACHINE.events.get(trigger)
     if event is None:
         raise IllegalTransitionError(trigger, model.state, known=False)

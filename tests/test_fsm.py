@@ -172,6 +172,28 @@ def test_fire_moves_as_the_machines_own_dispatch_would(trigger: str, state: Task
     assert moved_to == dispatched_by_transitions(trigger, state.value)
 
 
+def test_machine_has_no_callbacks_or_conditions() -> None:
+    """`fire` reads moves from the table and skips transitions' dispatch, which is only sound
+    while the machine has nothing for that dispatch to run: no conditions, no callbacks."""
+    machine = fsm_module._MACHINE
+    for event in machine.events.values():
+        for moves in event.transitions.values():
+            for move in moves:
+                hooks = (move.conditions, move.prepare, move.before, move.after)
+                assert not any(hooks), (event.name, move.source)
+    for state in machine.states.values():
+        assert not state.on_enter and not state.on_exit, state.name
+    machine_hooks = (
+        machine.prepare_event,
+        machine.before_state_change,
+        machine.after_state_change,
+        machine.finalize_event,
+        machine.on_exception,
+    )
+    assert not any(machine_hooks)
+    assert not machine.has_queue
+
+
 def test_unknown_trigger_raises() -> None:
     """A trigger the machine does not know raises the same typed error."""
     model = Model("submitted")
