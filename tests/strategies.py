@@ -38,6 +38,7 @@ from captchaflow.transports import (
 
 __all__ = [
     "BACKOFF_CLASSES",
+    "EdgeRandom",
     "DOCUMENTED_CODES",
     "PolicyRecipe",
     "api_replies",
@@ -58,6 +59,22 @@ __all__ = [
 
 DOCUMENTED_CODES: tuple[int, ...] = tuple(int(code) for code in ErrorCode)
 """Every error code the provider's page documents."""
+
+
+class EdgeRandom(random.Random):
+    """A `random.Random` whose draws are pinned: `uniform` gives its upper (or lower) bound
+    and `random()` gives `value`, so a jittered formula can be checked exactly."""
+
+    def __init__(self, *, high: bool = True, value: float = 0.5) -> None:
+        super().__init__(0)
+        self.high, self.value = high, value
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.high else a
+
+    def random(self) -> float:
+        return self.value
+
 
 BACKOFF_CLASSES: list[type[BackoffPolicy]] = [
     DocumentedPolicy,

@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 import pytest
+from strategies import EdgeRandom
 
 from captchaflow.policies import (
     AccountGate,
@@ -202,13 +203,6 @@ def test_open_gate_admits_everything() -> None:
     assert gate.standing("a", CREATE, 0) is None
 
 
-class Highest(random.Random):
-    """A generator whose `uniform(a, b)` is always `b`: jittered waits at their longest."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
 # -- SharedPause, exactly ----------------------------------------------------------------
 
 
@@ -218,21 +212,21 @@ def test_pause_backoff_without_hint_doubles_from_base_to_cap_and_resets_on_succe
     pause = SharedPause(base=1.0, cap=10.0)
     lengths = []
     for n in range(6):
-        assert pause.observe(failure(21), 100.0 * n, Highest())
+        assert pause.observe(failure(21), 100.0 * n, EdgeRandom(high=True))
         lengths.append(pause.until - 100.0 * n)
     assert lengths == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    assert not pause.observe(None, 1000.0, Highest())
-    assert pause.observe(failure(21), 2000.0, Highest())
+    assert not pause.observe(None, 1000.0, EdgeRandom(high=True))
+    assert pause.observe(failure(21), 2000.0, EdgeRandom(high=True))
     assert pause.until == 2001.0
 
 
 def test_pause_ignores_failures_that_do_not_pause() -> None:
     """A failure that is not account-wide (here 2, 12 and 1) neither extends the pause nor
     wakes anyone."""
-    gate = FleetGate(rng=Highest())
+    gate = FleetGate(rng=EdgeRandom(high=True))
     gate.register("a", 0.0)
     for code in (2, 12, 1):
-        assert not SharedPause().observe(failure(code), 0.0, Highest())
+        assert not SharedPause().observe(failure(code), 0.0, EdgeRandom(high=True))
     gate.observe("a", POLL, failure(12), sent_at=0.0, now=0.1)
     assert gate.wakeups() == []
 
@@ -240,11 +234,13 @@ def test_pause_ignores_failures_that_do_not_pause() -> None:
 def test_pause_reason_names_the_code() -> None:
     """A pause's reason names the failure and its code; without a code, just its name."""
     pause = SharedPause()
-    pause.observe(failure(16, hint=5), 0.0, Highest())
+    pause.observe(failure(16, hint=5), 0.0, EdgeRandom(high=True))
     held = pause.hold(CREATE, 1.0)
     assert held is not None and held.reason == "account paused: C16 (16)"
     http = SharedPause()
-    http.observe(failure(None, bucket=Bucket.TRANSIENT_HTTP, status=503, hint=5), 0.0, Highest())
+    http.observe(
+        failure(None, bucket=Bucket.TRANSIENT_HTTP, status=503, hint=5), 0.0, EdgeRandom(high=True)
+    )
     held = http.hold(CREATE, 1.0)
     assert held is not None and held.reason == "account paused: CNone"
 
@@ -583,17 +579,10 @@ def test_retry_budget_slow_floor_still_says_when() -> None:
     )
 
 
-class Lowest(random.Random):
-    """A generator whose `uniform(a, b)` is always `a`: jittered waits at their shortest."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return a
-
-
 def test_pause_jitter_starts_at_zero() -> None:
     """Full jitter: an unhinted pause may be as short as nothing at all."""
     pause = SharedPause()
-    pause.observe(failure(21), 7.0, Lowest())
+    pause.observe(failure(21), 7.0, EdgeRandom(high=False))
     assert pause.until == 7.0
 
 
@@ -601,13 +590,13 @@ def test_quota_pause_keeps_the_latest_end_and_reports_extensions() -> None:
     """A quota reply extends the new-task pause (and says so); a shorter one later does not
     shorten it, and the same end again is no extension."""
     pause = SharedPause()
-    assert pause.observe(failure(17, hint=3600), 0.0, Highest())
-    assert not pause.observe(failure(17, hint=1), 1.0, Highest())
-    assert not pause.observe(failure(18, hint=3599), 1.0, Highest())  # the same end
+    assert pause.observe(failure(17, hint=3600), 0.0, EdgeRandom(high=True))
+    assert not pause.observe(failure(17, hint=1), 1.0, EdgeRandom(high=True))
+    assert not pause.observe(failure(18, hint=3599), 1.0, EdgeRandom(high=True))  # the same end
     assert pause.quota_until == 3600.0
     assert pause.quota_cause is not None and pause.quota_cause.code == 17
-    assert pause.observe(failure(16, hint=5), 0.0, Highest())
-    assert not pause.observe(failure(16, hint=4), 1.0, Highest())  # the same end, 5.0
+    assert pause.observe(failure(16, hint=5), 0.0, EdgeRandom(high=True))
+    assert not pause.observe(failure(16, hint=4), 1.0, EdgeRandom(high=True))  # the same end, 5.0
 
 
 def test_concurrency_release_wakes_as_many_as_slots_are_free() -> None:
@@ -726,7 +715,7 @@ def test_pause_backoff_exponent_stops_at_32_doublings() -> None:
     """With no cap, the unhinted pause stops doubling at `base * 2 ** 32` (no overflow)."""
     pause = SharedPause(base=1.0, cap=math.inf)
     for _ in range(40):
-        pause.observe(failure(21), 0.0, Highest())
+        pause.observe(failure(21), 0.0, EdgeRandom(high=True))
     assert pause.until == 2.0**32
 
 
@@ -894,7 +883,7 @@ def test_quota_pause_ends_exactly_at_its_hint() -> None:
     """New tasks wait until the quota pause's end, and may go at that very moment (as they
     may at the end of an account pause)."""
     pause = SharedPause()
-    pause.observe(failure(17, hint=10), 0.0, Lowest())
+    pause.observe(failure(17, hint=10), 0.0, EdgeRandom(high=False))
     assert isinstance(pause.hold(CREATE, 9.99), Hold)
     assert pause.hold(CREATE, 10.0) is None
 

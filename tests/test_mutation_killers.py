@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 import pytest
+from strategies import EdgeRandom
 
 from captchaflow.engine import (
     TERMINAL_STATES,
@@ -249,21 +250,6 @@ def test_dot_draws_every_state_with_its_shape() -> None:
 # --- policies ---------------------------------------------------------------------------------
 
 
-class _EdgeRandom(random.Random):
-    """A `random.Random` whose draws are pinned: `uniform` gives its upper (or lower) bound
-    and `random()` gives `value`, so a backoff formula can be checked exactly."""
-
-    def __init__(self, *, high: bool = True, value: float = 0.5) -> None:
-        super().__init__(0)
-        self.high, self.value = high, value
-
-    def uniform(self, a: float, b: float) -> float:
-        return b if self.high else a
-
-    def random(self) -> float:
-        return self.value
-
-
 def _ctx(attempt: int = 1, resubmits: int = 0, previous_delay: float | None = None) -> RetryContext:
     """A context far from its deadline."""
     return RetryContext(
@@ -352,20 +338,20 @@ def test_retry_reason_names_the_next_attempt(attempt: int) -> None:
 @pytest.mark.parametrize(("value", "jitter", "extra"), [(0.5, 2.0, 1.0), (0.25, 4.0, 1.0)])
 def test_documented_jitter_scales_the_draw(value: float, jitter: float, extra: float) -> None:
     """DocumentedPolicy adds `random() * jitter`: a draw of 0.5 with jitter 2 adds 1 s."""
-    policy = DocumentedPolicy(jitter=jitter, rng=_EdgeRandom(value=value))
+    policy = DocumentedPolicy(jitter=jitter, rng=EdgeRandom(value=value))
     assert policy.backoff(_ctx(attempt=3)) == 4.0 + extra
 
 
 @pytest.mark.parametrize(("high", "expected"), [(True, 8.0), (False, 0.0)])
 def test_full_jitter_draws_between_zero_and_the_exponential(high: bool, expected: float) -> None:
     """FullJitter draws in [0, base * 2 ** (attempt - 1)]: attempt 4 spans [0, 8]."""
-    assert FullJitter(rng=_EdgeRandom(high=high)).backoff(_ctx(attempt=4)) == expected
+    assert FullJitter(rng=EdgeRandom(high=high)).backoff(_ctx(attempt=4)) == expected
 
 
 @pytest.mark.parametrize(("high", "expected"), [(True, 8.0), (False, 4.0)])
 def test_equal_jitter_draws_in_the_upper_half(high: bool, expected: float) -> None:
     """EqualJitter draws in [t / 2, t] with t the capped exponential: attempt 4 spans [4, 8]."""
-    assert EqualJitter(rng=_EdgeRandom(high=high)).backoff(_ctx(attempt=4)) == expected
+    assert EqualJitter(rng=EdgeRandom(high=high)).backoff(_ctx(attempt=4)) == expected
 
 
 @pytest.mark.parametrize(
@@ -376,7 +362,7 @@ def test_decorrelated_jitter_grows_to_three_times_the_previous_delay(
     previous: float | None, high: bool, expected: float
 ) -> None:
     """DecorrelatedJitter draws in [base, max(base, 3 * previous)], capped at 30 s."""
-    policy = DecorrelatedJitter(rng=_EdgeRandom(high=high))
+    policy = DecorrelatedJitter(rng=EdgeRandom(high=high))
     assert policy.backoff(_ctx(previous_delay=previous)) == expected
 
 
