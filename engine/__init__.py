@@ -38,11 +38,13 @@ from ._fsm import (
     machine_dot,
     machine_table,
 )
-from ._job import Action, Finished, Job, Send, Wait, validate_task
+from ._job import MAX_HOLDS_AT_ONE_TIME, MIN_WAIT, Action, Finished, Job, Send, Wait, validate_task
 from ._simulation import ExchangeHook, Simulation, SimulationReport
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_HOLDS_AT_ONE_TIME",
+    "MIN_WAIT",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Accepted",

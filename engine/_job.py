@@ -16,6 +16,13 @@ Rules the job enforces whatever its policy says:
   and a job still live at its deadline fails with `DeadlineExceededError`;
 - a solution that arrives is always kept, even after the deadline: it has been paid for;
 - every state change goes through the shared machine and is recorded in `history`.
+
+Progress is the job's business, not its parts': whatever a policy, schedule or gate answers,
+every `Wait` the job returns ends at least `MIN_WAIT` after `now`, a poll delay is a number of
+seconds of at least `MIN_POLL_DELAY`, and a gate that holds a job until a time at or before
+`now` twice without letting it send (or holds it `MAX_HOLDS_AT_ONE_TIME` times at one instant)
+fails the job with a `PolicyError` naming the gate. So a job's clock advances by a positive
+step between any two of its actions, and no driver can spin on it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Final, TypeAlias
 import attrs
 
 from captchaflow.policies import (
+    MIN_POLL_DELAY,
     AccountGate,
     Failure,
     GiveUp,
@@ -53,7 +61,16 @@ from ._errors import (
 )
 from ._fsm import INITIAL_STATE, TERMINAL_STATES, Move, TaskState, fire
 
-__all__ = ["Action", "Finished", "Job", "Send", "Wait", "validate_task"]
+__all__ = [
+    "MAX_HOLDS_AT_ONE_TIME",
+    "MIN_WAIT",
+    "Action",
+    "Finished",
+    "Job",
+    "Send",
+    "Wait",
+    "validate_task",
+]
 
 
 @attrs.frozen
@@ -78,6 +95,14 @@ class Finished:
 Action: TypeAlias = Send | Wait | Finished
 
 FINISHED: Final = Finished()
+
+MIN_WAIT: Final = 0.001
+"""Seconds: the least time any wait of a job lasts (a retry after 0 s, a gate's hold until
+`now`), so that time always moves forward between two actions of a job."""
+
+MAX_HOLDS_AT_ONE_TIME: Final = 64
+"""A gate that holds a job this many times at one instant (waking it and holding it again)
+keeps it from progressing: the job fails with `PolicyError`."""
 
 MAX_TASK_DEPTH: Final = 64
 """Tasks are shallow JSON objects; anything deeper is refused before it is sent."""
@@ -125,10 +150,13 @@ class Job:
     __slots__ = (
         "_accepted_at",
         "_awaiting",
+        "_held_at",
         "_hold_reason",
+        "_holds_at_one_time",
         "_next_at",
         "_previous_delay",
         "_sent_at",
+        "_stale_holds",
         "attempt",
         "deadline",
         "error",
@@ -183,6 +211,9 @@ class Job:
         self._sent_at = now
         self._accepted_at = now
         self._hold_reason: str | None = None
+        self._held_at = -math.inf
+        self._holds_at_one_time = 0
+        self._stale_holds = 0
         self.gate = gate
         if gate is not None:
             gate.register(self, now)
@@ -233,11 +264,14 @@ class Job:
         if gate is not None:
             decision = gate.admit(self, endpoint, retry=self.attempt > 0, now=now)
             if isinstance(decision, Refuse | Hold):
-                if self._held(decision, now):
+                if self._held(decision, now) or self._stalled(decision, now):
                     return FINISHED
                 until = decision.until if isinstance(decision, Hold) else None
-                return Wait(min(until, self.deadline) if until is not None else self.deadline)
+                until = self.deadline if until is None else min(until, self.deadline)
+                return Wait(max(until, now + MIN_WAIT))
             self._hold_reason = None
+            self._stale_holds = 0
+            self._holds_at_one_time = 0
         if self.state == TaskState.BACKOFF:
             trigger = "retry_submit" if self.task_id is None else "retry_poll"
             self._move(trigger, now, "wait over")
@@ -324,14 +358,47 @@ class Job:
             self._move("hold", now, decision.reason)
         return False
 
+    def _stalled(self, decision: Hold | Refuse, now: float) -> bool:
+        """Fail the job (and return True) if the gate keeps it from progressing: a second
+        hold until a time at or before `now` since it last sent, or too many holds at one
+        instant."""
+        if not isinstance(decision, Hold):
+            return False
+        gate = type(self.gate).__name__
+        if decision.until is not None and decision.until <= now:
+            self._stale_holds += 1
+            if self._stale_holds >= 2:
+                self._fail_policy(
+                    now,
+                    f"gate {gate} held the job until a time already passed twice without "
+                    f"letting it send ({decision.reason})",
+                )
+                return True
+        if now > self._held_at:
+            self._held_at, self._holds_at_one_time = now, 0
+        self._holds_at_one_time += 1
+        if self._holds_at_one_time >= MAX_HOLDS_AT_ONE_TIME:
+            self._fail_policy(
+                now,
+                f"gate {gate} held the job {self._holds_at_one_time} times at one instant "
+                f"({decision.reason})",
+            )
+            return True
+        return False
+
     def _schedule_poll(self, now: float) -> None:
+        schedule = type(self.schedule).__name__
         try:
-            delay = float(self.schedule.delay_before_poll(self.polls + 1))
+            delay = self.schedule.delay_before_poll(self.polls + 1)
         except Exception as exc:
-            self._fail_policy(now, f"poll schedule raised {exc!r}")
+            self._fail_policy(now, f"poll schedule {schedule} raised {exc!r}")
             return
-        if not (delay >= 0 and math.isfinite(delay)):
-            self._fail_policy(now, f"poll schedule answered {delay!r}")
+        if not _is_seconds(delay) or not (MIN_POLL_DELAY <= delay < math.inf):
+            self._fail_policy(
+                now,
+                f"poll schedule {schedule} answered {delay!r}: a poll delay must be a "
+                f"finite number of seconds >= {MIN_POLL_DELAY}",
+            )
             return
         self._next_at = min(now + delay, self.deadline)
 
@@ -345,20 +412,22 @@ class Job:
             deadline=self.deadline,
             previous_delay=self._previous_delay,
         )
+        policy = type(self.policy).__name__
         try:
             decision = self.policy.decide(failure, context)
         except Exception as exc:
-            self._fail_policy(now, f"retry policy raised {exc!r}")
+            self._fail_policy(now, f"retry policy {policy} raised {exc!r}")
             return
         what = _describe(failure)
         if isinstance(decision, GiveUp):
             self._fail(failure, now, decision.reason)
             return
-        if not isinstance(decision, RetryAfter | Resubmit):
-            self._fail_policy(now, f"retry policy answered {decision!r}")
+        if not isinstance(decision, RetryAfter | Resubmit) or not _is_seconds(decision.delay):
+            self._fail_policy(now, f"retry policy {policy} answered {decision!r}")
             return
-        # The server's hint is a floor, whatever the policy chose.
+        # The server's hint is a floor, whatever the policy chose; so is the least step.
         delay = max(decision.delay, failure.retry_after or 0.0)
+        delay = max(delay, MIN_WAIT)
         if now + delay > self.deadline:
             self._fail(failure, now, f"waiting {delay:.3g}s would pass the deadline")
             return
@@ -415,6 +484,11 @@ class Job:
         if message is failure.message and name is failure.name:
             return failure
         return attrs.evolve(failure, message=message, name=name)
+
+
+def _is_seconds(value: object) -> bool:
+    """A real number of seconds: an int or float, not a bool, a string or NaN."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
 def _describe(failure: Failure) -> str:

@@ -16,7 +16,7 @@ from ._gate import (
     RetryBudget,
     SharedPause,
 )
-from ._poll import AdaptivePoll, FixedInterval, LearningPollSchedule, PollSchedule
+from ._poll import MIN_POLL_DELAY, AdaptivePoll, FixedInterval, LearningPollSchedule, PollSchedule
 from ._retry import (
     NEVER_RETRIED,
     BackoffPolicy,
@@ -37,6 +37,7 @@ from ._retry import (
 
 __all__ = [
     "CODE_TABLE",
+    "MIN_POLL_DELAY",
     "NEVER_RETRIED",
     "AccountGate",
     "AdaptiveConcurrency",

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["AdaptivePoll", "FixedInterval", "LearningPollSchedule", "PollSchedule"]
+__all__ = [
+    "MIN_POLL_DELAY",
+    "AdaptivePoll",
+    "FixedInterval",
+    "LearningPollSchedule",
+    "PollSchedule",
+]
+
+MIN_POLL_DELAY: Final = 0.01
+"""Seconds: the least wait before a poll. A job whose schedule answers less (or anything but
+a number: a string or a bool is refused, not coerced) fails with `PolicyError`, so no
+schedule can make a driver poll in a tight loop."""
 
 
 @runtime_checkable
@@ -17,13 +28,18 @@ class PollSchedule(Protocol):
 
     def delay_before_poll(self, poll: int) -> float:
         """Seconds to wait before poll number `poll` (1 for the first poll after the task was
-        accepted). A non-negative finite number."""
+        accepted): an int or float, finite and at least `MIN_POLL_DELAY`."""
         ...
 
 
 def _positive(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{attribute.name} must be a positive finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number of seconds, got {value!r}")
+    if not MIN_POLL_DELAY <= value < float("inf"):
+        raise ValueError(
+            f"{attribute.name} must be a finite number of seconds >= {MIN_POLL_DELAY}, "
+            f"got {value!r}"
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -12,6 +12,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from captchaflow.engine import (
+    MIN_WAIT,
     Accepted,
     BadRequestError,
     CaptchaflowError,
@@ -213,6 +214,7 @@ def test_unsolvable_resubmits_as_new_task() -> None:
         t += 2
         send(job, t)
         job.feed(fail(Bucket.UNSOLVABLE, Endpoint.GET_TASK_RESULT, code=12), t)
+        t += MIN_WAIT  # a resubmit "after 0 s" still waits the least step
         if n < 3:
             assert job.state == TaskState.BACKOFF and job.task_id is None
     assert isinstance(job.error, UnsolvableError)
