@@ -7,7 +7,7 @@ The sans-IO core (`_classify`, `_fsm`, `_job`, `_errors`) imports no I/O library
 from ._classify import Accepted, Outcome, Processing, Solved, classify, parse_retry_after
 from ._clock import Clock, SystemClock, VirtualClock
 from ._driver import MoveHook, Waker, drive, log_move
-from ._engine import DEFAULT_TIMEOUT, Engine, EngineOptions, solve, solve_many
+from ._engine import DEFAULT_TIMEOUT, Engine, EngineOptions, default_gate, solve, solve_many
 from ._errors import (
     BadRequestError,
     CaptchaflowError,
@@ -87,6 +87,7 @@ __all__ = [
     "Wait",
     "Waker",
     "classify",
+    "default_gate",
     "drive",
     "error_class_for",
     "fire",

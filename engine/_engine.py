@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import random
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Literal, TypedDict, Unpack
 
@@ -27,9 +28,15 @@ from ._driver import MoveHook, Waker, drive, log_move
 from ._errors import InvalidTaskError
 from ._job import Job, validate_task
 
-__all__ = ["DEFAULT_TIMEOUT", "Engine", "EngineOptions", "solve", "solve_many"]
+__all__ = ["DEFAULT_TIMEOUT", "Engine", "EngineOptions", "default_gate", "solve", "solve_many"]
 
 DEFAULT_TIMEOUT = 120.0
+
+
+def default_gate(rng: random.Random | None = None) -> FleetGate:
+    """The account gate every `Engine` uses unless given one (and what `captchaflow demo`
+    runs): a `FleetGate` with its default parts; `rng` seeds its jitter."""
+    return FleetGate() if rng is None else FleetGate(rng=rng)
 
 
 class EngineOptions(TypedDict, total=False):
@@ -90,7 +97,7 @@ class Engine:
         self.timeout = timeout
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.on_move = on_move
-        self.gate: AccountGate = gate if gate is not None else FleetGate()
+        self.gate: AccountGate = gate if gate is not None else default_gate()
         self._waker = Waker()
 
     def job(

@@ -155,6 +155,7 @@ class Job:
         "_holds_at_one_time",
         "_next_at",
         "_previous_delay",
+        "_processing_at",
         "_sent_at",
         "_stale_holds",
         "attempt",
@@ -210,6 +211,7 @@ class Job:
         self._previous_delay: float | None = None
         self._sent_at = now
         self._accepted_at = now
+        self._processing_at = now
         self._hold_reason: str | None = None
         self._held_at = -math.inf
         self._holds_at_one_time = 0
@@ -301,10 +303,11 @@ class Job:
             self.attempt = 0
             self.polls = 0
             self._previous_delay = None
-            self._accepted_at = now
+            self._accepted_at = self._processing_at = now
             self._move("accept", now, f"task {outcome.task_id!r} accepted")
             self._schedule_poll(now)
         elif isinstance(outcome, Processing) and endpoint is Endpoint.GET_TASK_RESULT:
+            self._processing_at = now
             self.attempt = 0
             self._previous_delay = None
             self._schedule_poll(now)
@@ -316,7 +319,10 @@ class Job:
             # check (which showed in the simulation's profile).
             observe_solved = getattr(self.schedule, "observe_solved", None)
             if callable(observe_solved):
-                observe_solved(now - self._accepted_at)
+                # The task was solved between the last reply that said processing (or its
+                # acceptance) and now: report the middle. Reporting `now` would teach the
+                # schedule its own polling lag, and a learned first wait would only grow.
+                observe_solved((self._processing_at + now) / 2 - self._accepted_at)
         else:
             self._awaiting = endpoint
             raise JobStateError(f"{type(outcome).__name__} is not a reply to {endpoint.value}")

@@ -11,20 +11,29 @@ Because the gate can change its mind about jobs that are asleep (a circuit opens
 is paused past their deadline, a permit frees), it keeps a list of jobs to wake that drivers
 drain with `wakeups()` and re-run at once.
 
-`FleetGate` is the built-in gate, composed of five parts, each replaceable or switched off
-(pass `None`):
+`FleetGate` is the built-in gate. It tells apart what is account-wide by the API's own word
+from per-request noise, and acts on noise only with evidence:
 
-- `SharedPause`: a rate-limit or outage reply (16, 21, HTTP 429/5xx) pauses every job of the
-  account until its hint has passed (or one shared, jittered backoff without a hint); quota
-  replies (17, 18) pause new tasks only;
+- `SharedPause`: 16 and 21 pause every job of the account until their `retryAfterSec` has
+  passed; without a hint, for one shared backoff, after which one probe request goes first
+  and the rest follow its success. 17 and 18 pause new tasks only, the same way;
+- `FailureRateBreaker`: per-request noise (gateway 429/5xx, refused connections, timeouts,
+  malformed bodies) is each job's own business, handled by its retry policy, until the
+  failure rate of an endpoint over a sliding window, with a minimum number of calls, says
+  the service is down; then that endpoint pauses, and probes, as above (resilience4j's
+  circuit breaker, Envoy's outlier detection, Finagle's failure accrual);
 - `CircuitBreaker`: a permanent account error (1, 3, 14, 15) fails every job that has no task
   yet, at once, and sends nothing more on the key until `reset()` (or a cool-down); jobs whose
   task exists keep polling when the error leaves polling possible (3: the task is paid for);
-- `AdaptiveConcurrency`: tasks in flight are bounded by a limit that adapts to
-  NO_SLOT_AVAILABLE (2): additive increase, multiplicative decrease;
-- `RetryBudget`: retries may use at most a share of the traffic (plus a small floor rate);
-- `AdaptiveRate`: after a RATE_LIMITED the gate learns the rate the account accepts and paces
-  every request to it, probing upwards while requests wait and nothing is refused.
+- `AdaptiveConcurrency`: no bound until the service says NO_SLOT_AVAILABLE (2); then tasks in
+  flight are bounded by what filled it, with additive increase, multiplicative decrease;
+- `AdaptiveRate`: after a RATE_LIMITED (16) the gate learns the rate the account accepts
+  (never below what it was seen to accept) and paces every request to it, probing upwards
+  while requests wait;
+- `RetryBudget` (off by default): retries may use at most a share of the traffic.
+
+Every part is inert until its signal arrives, so on a healthy account the default gate sends
+exactly what `OpenGate` sends.
 
 The gate is sans-IO like the rest of the core: time comes in as arguments, randomness from
 its `rng`.
@@ -50,18 +59,24 @@ __all__ = [
     "AdaptiveRate",
     "Admit",
     "CircuitBreaker",
+    "FailureRateBreaker",
     "FleetGate",
     "GateDecision",
     "Hold",
     "OpenGate",
+    "PauseState",
     "Refuse",
     "RetryBudget",
     "SharedPause",
 ]
 
 _CREATE: Final = Endpoint.CREATE_TASK
+_TOKEN_SLACK: Final = 1e-9
 _PAUSING_CODES: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.SERVICE_UNAVAILABLE})
 _QUOTA_CODES: Final = frozenset({ErrorCode.DAILY_LIMIT_EXCEEDED, ErrorCode.QUOTA_LIMIT_EXCEEDED})
+_NOISE: Final = frozenset(
+    {Bucket.TRANSIENT_HTTP, Bucket.NOT_SENT, Bucket.AMBIGUOUS, Bucket.MALFORMED}
+)
 _POLL_BLOCKING: Final = frozenset(
     {ErrorCode.KEY_DOES_NOT_EXIST, ErrorCode.PLAN_EXPIRED, ErrorCode.PLAN_INACTIVE}
 )
@@ -176,61 +191,238 @@ class OpenGate:
 # -- the parts -----------------------------------------------------------------------------
 
 
+def _backoff(base: float, cap: float, strikes: int, rng: random.Random) -> float:
+    """Equal jitter: half of `min(cap, base * 2 ** (strikes - 1))`, plus up to as much again."""
+    ceiling = min(cap, base * 2.0 ** min(strikes - 1, 32))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
 @attrs.define(kw_only=True)
-class SharedPause:
-    """Pauses the whole account after a rate-limit, outage or quota reply.
+class PauseState:
+    """One pause: until when, why, and whether a probe must succeed before the rest go.
 
-    With a hint, until the hint has passed (the latest hint wins); without one, for a shared
-    full-jitter backoff `uniform(0, min(cap, base * 2 ** (n - 1)))` where `n` counts such
-    replies since the last success. Quota pauses (17, 18) hold new tasks only.
-    """
+    Before `until`, every request it covers is held until then. After it, if `probing`, one
+    job at a time (the probe) may send and the others wait to be woken by its outcome."""
 
-    base: float = 1.0
-    cap: float = 30.0
-    # -inf, not 0: clock readings may be negative (only their differences matter).
     until: float = -math.inf
-    quota_until: float = -math.inf
     cause: Failure | None = None
-    quota_cause: Failure | None = None
+    probing: bool = False
+    probe: Hashable | None = None
     strikes: int = 0
+    """Failures that paused without a hint since the last success (the backoff's exponent)."""
 
-    def pausing(self, failure: Failure) -> bool:
-        """Whether `failure` pauses the account."""
-        if failure.bucket is Bucket.TRANSIENT_HTTP:
-            return failure.http_status == 429 or (failure.http_status or 0) >= 500
-        return failure.bucket is Bucket.RETRYABLE and failure.code in _PAUSING_CODES | _QUOTA_CODES
+    def active(self, now: float) -> bool:
+        """True while the pause holds requests back (timed, or waiting for a probe)."""
+        return now < self.until or self.probing
 
-    def observe(self, failure: Failure | None, now: float, rng: random.Random) -> bool:
-        """Update the pause; return True when it was extended."""
-        if failure is None:
-            self.strikes = 0
-            return False
-        if not self.pausing(failure):
-            return False
-        if failure.retry_after is not None:
-            end = now + failure.retry_after
-        else:
-            self.strikes += 1
-            end = now + rng.uniform(0, min(self.cap, self.base * 2 ** min(self.strikes - 1, 32)))
-        if failure.code in _QUOTA_CODES:
-            if end > self.quota_until:
-                self.quota_until, self.quota_cause = end, failure
-                return True
-            return False
+    def hold(self, job: Hashable, now: float, label: str) -> Hold | None:
+        """The hold for `job` now, if any (a probe slot is not taken here: see `claim`)."""
+        if now < self.until:
+            return Hold(self.until, label, self.cause)
+        if self.probing and self.probe is not None and self.probe != job:
+            return Hold(None, f"{label}: waiting for a probe request")
+        return None
+
+    def timed(self, now: float, label: str) -> Hold | None:
+        """The hold with a known end, if one applies now (no side effects)."""
+        return Hold(self.until, label, self.cause) if now < self.until else None
+
+    def claim(self, job: Hashable, now: float) -> None:
+        """`job` is about to send: it becomes the probe if one is due."""
+        if self.probing and self.probe is None and now >= self.until:
+            self.probe = job
+
+    def extend(self, end: float, cause: Failure, *, probe: bool) -> bool:
+        """Pause until `end` at least; return True if the pause was extended."""
+        self.probe = None
+        self.probing = self.probing or probe
         if end > self.until:
-            self.until, self.cause = end, failure
+            self.until, self.cause = end, cause
             return True
         return False
 
-    def hold(self, endpoint: Endpoint, now: float) -> Hold | None:
-        """The hold that applies to a request on `endpoint` now, if any."""
-        if now < self.until:
-            return Hold(self.until, f"account paused: {_name(self.cause)}", self.cause)
-        if endpoint is _CREATE and now < self.quota_until:
-            return Hold(
-                self.quota_until, f"new tasks paused: {_name(self.quota_cause)}", self.quota_cause
-            )
-        return None
+    def succeed(self) -> bool:
+        """A request got through: stop probing; return True if jobs were waiting on it."""
+        self.strikes = 0
+        waiting = self.probing
+        self.probing, self.probe = False, None
+        return waiting
+
+    def forget(self, job: Hashable) -> bool:
+        """`job` is gone: if it was the probe, free the slot and return True."""
+        if self.probe is not None and self.probe == job:
+            self.probe = None
+            return True
+        return False
+
+
+@attrs.define(kw_only=True)
+class SharedPause:
+    """Pauses the account on the API's own word: RATE_LIMITED (16) and SERVICE_UNAVAILABLE
+    (21) hold every request, DAILY_LIMIT_EXCEEDED (17) and QUOTA_LIMIT_EXCEEDED (18) new
+    tasks only.
+
+    With a `retryAfterSec` hint, until the hint has passed (the latest end wins); without
+    one, for an equal-jitter backoff of `min(cap, base * 2 ** (n - 1))` seconds, `n` counting
+    such replies since the last success, after which one probe request goes first and the
+    others follow its success. Gateway pages and network faults never pause here (see
+    `FailureRateBreaker`)."""
+
+    base: float = 1.0
+    cap: float = 30.0
+    account: PauseState = attrs.field(factory=PauseState)
+    quota: PauseState = attrs.field(factory=PauseState)
+
+    def pausing(self, failure: Failure) -> bool:
+        """Whether `failure` pauses the account (or its new tasks)."""
+        return failure.bucket is Bucket.RETRYABLE and failure.code in _PAUSING_CODES | _QUOTA_CODES
+
+    @property
+    def until(self) -> float:
+        """When the account-wide pause ends."""
+        return self.account.until
+
+    def observe(
+        self, endpoint: Endpoint, failure: Failure | None, now: float, rng: random.Random
+    ) -> bool:
+        """Update the pauses; return True when jobs must be woken to see the change."""
+        if failure is None or not self.pausing(failure):
+            if failure is not None and failure.bucket in _NOISE:
+                return False  # says nothing about the account either way
+            # The API answered: the account takes requests (and new tasks, on createTask).
+            woken = self.account.succeed()
+            return (self.quota.succeed() | woken) if endpoint is _CREATE else woken
+        pause = self.quota if failure.code in _QUOTA_CODES else self.account
+        if failure.retry_after is not None:
+            was_probing = pause.probing
+            pause.probing = False
+            return pause.extend(now + failure.retry_after, failure, probe=False) or was_probing
+        pause.strikes += 1
+        end = now + _backoff(self.base, self.cap, pause.strikes, rng)
+        return pause.extend(end, failure, probe=True)
+
+    def hold(self, job: Hashable, endpoint: Endpoint, now: float) -> Hold | None:
+        """The hold that applies to `job`'s request on `endpoint` now, if any."""
+        held = self.account.hold(job, now, f"account paused: {_name(self.account.cause)}")
+        if held is None and endpoint is _CREATE:
+            held = self.quota.hold(job, now, f"new tasks paused: {_name(self.quota.cause)}")
+        return held
+
+    def timed(self, endpoint: Endpoint, now: float) -> Hold | None:
+        """The hold with a known end that applies on `endpoint` now (no side effects)."""
+        held = self.account.timed(now, f"account paused: {_name(self.account.cause)}")
+        if held is None and endpoint is _CREATE:
+            held = self.quota.timed(now, f"new tasks paused: {_name(self.quota.cause)}")
+        return held
+
+    def claim(self, job: Hashable, endpoint: Endpoint, now: float) -> None:
+        """`job` sends now: take the probe slots that are due."""
+        self.account.claim(job, now)
+        if endpoint is _CREATE:
+            self.quota.claim(job, now)
+
+    def forget(self, job: Hashable) -> bool:
+        """`job` is gone; return True if it was a probe."""
+        return self.account.forget(job) | self.quota.forget(job)
+
+
+@attrs.define(kw_only=True)
+class FailureRateBreaker:
+    """Pauses an endpoint when the evidence says the service behind it is down.
+
+    Every reply to an endpoint goes into a time-based sliding window of `window` seconds;
+    a failure here is per-request noise (gateway 429/5xx, refused connection, timeout,
+    malformed body), anything the API itself answered is a success. When the window holds
+    at least `min_calls` replies and at least `threshold` of them failed, the endpoint
+    pauses for an equal-jitter backoff (`min(cap, base * 2 ** (n - 1))`, `n` counting trips
+    since the last success, and never less than the longest `Retry-After` in the window);
+    then one probe request goes: its success closes the breaker (the window starts empty),
+    its failure pauses again, longer. Isolated noise never trips it: 15% noise is far
+    below the threshold, and a quiet account never has `min_calls` replies to judge."""
+
+    window: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    min_calls: int = attrs.field(default=20, validator=attrs.validators.ge(1))
+    threshold: float = attrs.field(default=0.5)
+    base: float = 1.0
+    cap: float = 30.0
+    calls: dict[Endpoint, collections.deque[tuple[float, Failure | None]]] = attrs.field(
+        factory=dict, repr=False
+    )
+    failed: dict[Endpoint, int] = attrs.field(factory=dict, repr=False)
+    pauses: dict[Endpoint, PauseState] = attrs.field(factory=dict)
+
+    @threshold.validator
+    def _check_threshold(self, _attribute: attrs.Attribute[float], value: float) -> None:
+        if not 0 < value <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {value!r}")
+
+    def observe(
+        self,
+        job: Hashable,
+        endpoint: Endpoint,
+        failure: Failure | None,
+        now: float,
+        rng: random.Random,
+    ) -> bool:
+        """Count a reply; return True when jobs must be woken to see a change."""
+        noise = failure if failure is not None and failure.bucket in _NOISE else None
+        pause = self.pauses.get(endpoint)
+        if pause is not None and pause.active(now):
+            if pause.probe is None or pause.probe != job:
+                return False  # in flight before the pause: the probe decides
+            if noise is None:
+                self._reset(endpoint)
+                return pause.succeed()
+            pause.strikes += 1
+            pause.extend(now + self._wait(pause.strikes, noise, rng), noise, probe=True)
+            return True  # jobs waiting on the probe now wait for a time
+        calls = self.calls.setdefault(endpoint, collections.deque())
+        failed = self.failed.get(endpoint, 0) + (noise is not None)
+        calls.append((now, noise))
+        while calls and calls[0][0] <= now - self.window:
+            failed -= calls.popleft()[1] is not None
+        self.failed[endpoint] = failed
+        if noise is None or len(calls) < self.min_calls or failed < self.threshold * len(calls):
+            if pause is not None and noise is None:
+                pause.strikes = 0
+            return False
+        pause = self.pauses.setdefault(endpoint, PauseState())
+        pause.strikes += 1
+        hint = max((f.retry_after or 0.0 for _, f in calls if f is not None), default=0.0)
+        end = now + max(self._wait(pause.strikes, noise, rng), hint)
+        self._reset(endpoint)
+        pause.extend(end, noise, probe=True)
+        return False
+
+    def _wait(self, strikes: int, failure: Failure, rng: random.Random) -> float:
+        return max(_backoff(self.base, self.cap, strikes, rng), failure.retry_after or 0.0)
+
+    def _reset(self, endpoint: Endpoint) -> None:
+        self.calls.pop(endpoint, None)
+        self.failed.pop(endpoint, None)
+
+    def _label(self, endpoint: Endpoint, pause: PauseState) -> str:
+        return f"{endpoint.value} seems down: {_name(pause.cause)}"
+
+    def hold(self, job: Hashable, endpoint: Endpoint, now: float) -> Hold | None:
+        """The hold on `job`'s request to `endpoint` now, if the endpoint is paused."""
+        pause = self.pauses.get(endpoint)
+        return None if pause is None else pause.hold(job, now, self._label(endpoint, pause))
+
+    def timed(self, endpoint: Endpoint, now: float) -> Hold | None:
+        """The hold with a known end on `endpoint` now (no side effects)."""
+        pause = self.pauses.get(endpoint)
+        return None if pause is None else pause.timed(now, self._label(endpoint, pause))
+
+    def claim(self, job: Hashable, endpoint: Endpoint, now: float) -> None:
+        """`job` sends to `endpoint` now: it becomes the probe if one is due."""
+        pause = self.pauses.get(endpoint)
+        if pause is not None:
+            pause.claim(job, now)
+
+    def forget(self, job: Hashable) -> bool:
+        """`job` is gone; return True if it was a probe."""
+        return any([pause.forget(job) for pause in self.pauses.values()])
 
 
 @attrs.define(kw_only=True)
@@ -285,30 +477,40 @@ class CircuitBreaker:
 
 @attrs.define(kw_only=True)
 class AdaptiveConcurrency:
-    """Bounds the tasks in flight (created and not yet finished) by `limit`: additive
-    increase, about one per `limit` accepted tasks; on NO_SLOT_AVAILABLE, multiplicative
-    decrease by `decrease` (at most once per `cooldown` seconds), and never above the tasks
-    that were in flight when the service said it was full; always within [`min_limit`,
-    `max_limit`]."""
+    """Bounds the tasks in flight (created and not yet finished) once the service has said
+    NO_SLOT_AVAILABLE; until then (`limit` None) it only counts them.
 
-    limit: float = 16.0
+    On NO_SLOT_AVAILABLE the limit becomes the tasks that filled the service (those created
+    and not yet finished), or, when already set, decreases by `decrease` (at most
+    once per `cooldown` seconds) and never above what filled the service; each accepted
+    task then adds about `1 / limit` (additive increase); always within [`min_limit`,
+    `max_limit`]. Jobs beyond the limit wait in FIFO order for a permit."""
+
+    limit: float | None = None
     min_limit: float = 1.0
     max_limit: float = 10_000.0
     decrease: float = 0.9
     cooldown: float = 5.0
-    slow_start: bool = True
-    """Until the first NO_SLOT_AVAILABLE, grow by one per accepted task (doubling each
-    round trip), as TCP's slow start does, instead of one per `limit`."""
-    holders: set[Hashable] = attrs.field(factory=set)
+    holders: dict[Hashable, None] = attrs.field(factory=dict)
+    """Jobs holding a permit, in the order they took it (a dict: insertion-ordered)."""
+    created: dict[Hashable, None] = attrs.field(factory=dict)
+    """Holders whose task exists (their createTask was accepted)."""
     queue: collections.deque[Hashable] = attrs.field(factory=collections.deque)
     last_decrease: float = -math.inf
 
+    def _room(self) -> float:
+        return math.inf if self.limit is None else max(1, math.floor(self.limit))
+
     def acquire(self, job: Hashable) -> Hold | None:
-        """Take a permit for `job`, or a hold until one frees (FIFO)."""
+        """Take a permit for `job`, or a hold until one frees (FIFO). A permit taken before
+        the limit fell is given back while its task does not exist yet."""
+        room = self._room()
         if job in self.holders:
-            return None
-        if len(self.holders) < max(1, math.floor(self.limit)):
-            self.holders.add(job)
+            if job in self.created or len(self.holders) <= room:
+                return None
+            del self.holders[job]
+        if len(self.holders) < room:
+            self.holders[job] = None
             if job in self.queue:
                 self.queue.remove(job)
             return None
@@ -318,25 +520,52 @@ class AdaptiveConcurrency:
 
     def release(self, job: Hashable) -> list[Hashable]:
         """Drop `job`'s permit and queue place; return the jobs that may now go."""
-        self.holders.discard(job)
+        self.holders.pop(job, None)
+        self.created.pop(job, None)
         if job in self.queue:
             self.queue.remove(job)
-        free = max(1, math.floor(self.limit)) - len(self.holders)
-        return list(self.queue)[: max(free, 0)]
+        free = self._room() - len(self.holders)
+        if free <= 0 or not self.queue:
+            return []
+        return list(self.queue) if math.isinf(free) else list(self.queue)[: int(free)]
 
-    def observe(self, failure: Failure | None, *, sent_at: float, now: float) -> None:
-        """Adapt the limit to a createTask reply."""
+    def observe(
+        self, job: Hashable, failure: Failure | None, *, sent_at: float, now: float
+    ) -> list[Hashable]:
+        """Adapt the limit to `job`'s createTask reply; return the jobs whose permit it took
+        back (see `_revoke`)."""
         if failure is None:
-            step = 1.0 if self.slow_start else 1.0 / self.limit
-            self.limit = min(self.max_limit, self.limit + step)
-        elif failure.code == ErrorCode.NO_SLOT_AVAILABLE:
-            self.slow_start = False
+            if job in self.holders:
+                self.created[job] = None
+            if self.limit is not None:
+                self.limit = min(self.max_limit, self.limit + 1.0 / self.limit)
+            return []
+        if failure.code == ErrorCode.NO_SLOT_AVAILABLE:
+            filled = len(self.created)  # the tasks that filled the service
             limit = self.limit
-            if now - self.last_decrease >= self.cooldown:
+            if limit is None:
+                limit, self.last_decrease = float(filled), now
+            elif sent_at >= self.last_decrease and now - self.last_decrease >= self.cooldown:
+                # Once per round, as TCP does: a refusal of a request sent before the last
+                # decrease says nothing about the limit since.
                 limit *= self.decrease
                 self.last_decrease = now
-            # This request itself is one of the holders: the others filled the service.
-            self.limit = max(self.min_limit, min(limit, len(self.holders) - 1))
+            self.limit = max(self.min_limit, min(limit, max(filled, 1), self.max_limit))
+            return self._revoke()
+        return []
+
+    def _revoke(self) -> list[Hashable]:
+        """Take back the permits beyond the limit of jobs whose task does not exist yet
+        (taken while the limit was higher); they queue again, first. Return them."""
+        room = self._room()
+        if math.isinf(room) or len(self.holders) <= room:
+            return []
+        excess = len(self.holders) - int(room)
+        revoked = [job for job in reversed(self.holders) if job not in self.created][:excess]
+        for job in revoked:
+            del self.holders[job]
+            self.queue.appendleft(job)
+        return revoked
 
 
 @attrs.define(kw_only=True)
@@ -371,7 +600,7 @@ class RetryBudget:
     def hold(self, now: float) -> Hold | None:
         """The wait before a retry may go, if the budget is spent."""
         self._refill(now)
-        if self.tokens >= 1.0:
+        if self.tokens >= 1.0 - _TOKEN_SLACK:  # float sums of `ratio` land just short of 1
             return None
         if self.floor_per_second <= 0:
             return Hold(None, "retry budget spent")
@@ -390,14 +619,15 @@ class RetryBudget:
 
 @attrs.define(kw_only=True)
 class AdaptiveRate:
-    """Paces requests once the account has said RATE_LIMITED (16 or HTTP 429).
+    """Paces requests once the account has said RATE_LIMITED (16, the API's own word).
 
     On such a reply the gate measures the requests the service accepted in the last
-    `window` seconds: that is the account's `ceiling`, and the rate becomes `safety` times
-    it. While requests wait for their turn, the rate grows by `increase` (a fraction) per
-    `window` up to `headroom` times the ceiling, and the ceiling itself creeps up a hundred
-    times more slowly, so the gate re-probes a limit that may have been raised without
-    hitting it every few seconds. Requests get send times `1 / rate` apart, in the order
+    `window` seconds (or the most it was ever seen to accept in one window, if more): that
+    is the account's `ceiling`, and the rate becomes `safety` times it. While requests wait
+    for their turn, the rate grows by `increase` (a fraction) per `window` up to `headroom`
+    times the ceiling, and the ceiling itself creeps up a hundred times more slowly, so the
+    gate re-probes a limit that may have been raised without hitting it every few seconds.
+    Requests get send times `1 / rate` apart, in the order
     they ask; before the first rate limit nothing is paced.
     """
 
@@ -416,6 +646,10 @@ class AdaptiveRate:
     last_change: float = -math.inf
     last_paced: float = -math.inf
     accepted: collections.deque[float] = attrs.field(factory=collections.deque)
+    last_admitted: float = -math.inf
+    peak: int = 0
+    """The most requests the account accepted within one `window` so far: the learned rate
+    never falls below `safety` times it."""
     reservations: dict[Hashable, float] = attrs.field(factory=dict)
 
     def hold(self, job: Hashable, now: float, not_before: float) -> Hold | None:
@@ -437,26 +671,29 @@ class AdaptiveRate:
             self.reservations[job] = at
         if at <= now:
             del self.reservations[job]
+            self.last_admitted = max(self.last_admitted, at)
             return None
         self.last_paced = now
         return Hold(at, "paced to the account's request rate")
 
     def observe(self, failure: Failure | None, *, sent_at: float, now: float) -> None:
-        """Learn from a reply: a rate limit sets the ceiling to what was accepted."""
+        """Learn from a reply: the API's RATE_LIMITED sets the ceiling to what was accepted
+        (never below the most the account was seen to accept in one window). Gateway 429s
+        and other noise teach nothing: they are not the account's limit."""
         window = self.accepted
         while window and window[0] < now - self.window:
             window.popleft()
-        limited = failure is not None and (
-            failure.code == ErrorCode.RATE_LIMITED or failure.http_status == 429
-        )
+        limited = failure is not None and failure.code == ErrorCode.RATE_LIMITED
         if not limited:
-            window.append(sent_at)
+            if failure is None or failure.bucket not in _NOISE:
+                window.append(sent_at)  # the account took it (an answer is an answer)
+                self.peak = max(self.peak, len(window))
             return
         if len(window) < self.min_evidence:
             return  # too little of our own traffic to measure the limit: the pause suffices
-        ceiling = max(self.min_rate, len(window) / self.window)
+        ceiling = max(self.min_rate, len(window) / self.window, self.peak / self.window)
         self.ceiling = ceiling if self.ceiling is None else min(self.ceiling, ceiling)
-        measured = max(self.min_rate, self.safety * ceiling)
+        measured = max(self.min_rate, self.safety * self.ceiling)
         if self.rate is None or measured < self.rate:
             self.rate = measured
         self.last_change = now
@@ -464,6 +701,23 @@ class AdaptiveRate:
     def forget(self, job: Hashable) -> None:
         """Drop `job`'s reservation."""
         self.reservations.pop(job, None)
+
+    def rewind(self, now: float) -> list[Hashable]:
+        """After reservations were dropped, close the gaps they left: the reservations still
+        held move up, in their order, to `1 / rate` apart from the last send (or `now`).
+        Return the jobs whose send time moved (they must be woken to see it)."""
+        rate = self.rate
+        if rate is None:
+            return []
+        at = max(now, self.last_admitted + 1.0 / rate)
+        moved = []
+        for job, reserved in sorted(self.reservations.items(), key=lambda item: item[1]):
+            if reserved > at:
+                self.reservations[job] = at
+                moved.append(job)
+            at = max(at, self.reservations[job]) + 1.0 / rate
+        self.next_free = at
+        return moved
 
     def restart(self, at: float) -> None:
         """After a pause, hand out send times from `at` again (dropping old reservations, so
@@ -477,43 +731,56 @@ class AdaptiveRate:
 
 @attrs.define(kw_only=True)
 class FleetGate:
-    """The built-in `AccountGate`: see the module docstring. Any part may be `None`."""
+    """The built-in `AccountGate`: see the module docstring. Any part may be `None`; the
+    retry budget is off unless given."""
 
     pause: SharedPause | None = attrs.field(factory=SharedPause)
+    breaker: FailureRateBreaker | None = attrs.field(factory=FailureRateBreaker)
     circuit: CircuitBreaker | None = attrs.field(factory=CircuitBreaker)
     concurrency: AdaptiveConcurrency | None = attrs.field(factory=AdaptiveConcurrency)
-    budget: RetryBudget | None = attrs.field(factory=RetryBudget)
+    budget: RetryBudget | None = None
     rate: AdaptiveRate | None = attrs.field(factory=AdaptiveRate)
     rng: random.Random = attrs.field(factory=random.Random, repr=False, eq=False)
-    live: set[Hashable] = attrs.field(factory=set, repr=False)
+    live: dict[Hashable, None] = attrs.field(factory=dict, repr=False)
+    """Jobs of the account, in the order they registered (a dict: insertion-ordered, so a
+    seeded run wakes jobs in the same order every time)."""
     _wake: list[Hashable] = attrs.field(factory=list, repr=False, alias="_wake")
 
     def register(self, job: Hashable, now: float) -> None:
         """Track `job` so that account-wide events can wake it."""
-        self.live.add(job)
+        self.live[job] = None
 
     def standing(self, job: Hashable, endpoint: Endpoint, now: float) -> Refuse | Hold | None:
-        """An open circuit's refusal, else the account's pause, else None."""
+        """An open circuit's refusal, else a pause with a known end, else None."""
         if self.circuit is not None:
             refusal = self.circuit.refuse(job, endpoint, now, probe=False)
             if refusal is not None:
                 return refusal
         if self.pause is not None:
-            return self.pause.hold(endpoint, now)
+            held = self.pause.timed(endpoint, now)
+            if held is not None:
+                return held
+        if self.breaker is not None:
+            return self.breaker.timed(endpoint, now)
         return None
 
     def admit(self, job: Hashable, endpoint: Endpoint, *, retry: bool, now: float) -> GateDecision:
-        """Circuit, pause, retry budget, task slots, then pacing, in that order."""
+        """Circuit, pauses, retry budget, task slots, then pacing, in that order; a job that
+        gets through becomes the probe of any pause that waits for one."""
         if self.circuit is not None:
             refusal = self.circuit.refuse(job, endpoint, now)
             if refusal is not None:
                 return refusal
         pause_end = -math.inf
         if self.pause is not None:
-            held = self.pause.hold(endpoint, now)
+            held = self.pause.hold(job, endpoint, now)
             if held is not None:
                 return held
             pause_end = self.pause.until
+        if self.breaker is not None:
+            held = self.breaker.hold(job, endpoint, now)
+            if held is not None:
+                return held
         if retry and self.budget is not None:
             held = self.budget.hold(now)
             if held is not None:
@@ -528,6 +795,10 @@ class FleetGate:
                 return held
         if self.budget is not None:
             self.budget.spend(retry, now)
+        if self.pause is not None:
+            self.pause.claim(job, endpoint, now)
+        if self.breaker is not None:
+            self.breaker.claim(job, endpoint, now)
         return ADMIT
 
     def observe(
@@ -540,26 +811,40 @@ class FleetGate:
         now: float,
     ) -> None:
         """Feed every part the reply; wake whoever the change concerns."""
+        wake_all = False
         if self.circuit is not None and self.circuit.observe(job, failure, now):
-            self._wake.extend(self.live)
-        if self.pause is not None and self.pause.observe(failure, now, self.rng):
-            if self.rate is not None:
-                self.rate.restart(max(self.pause.until, now))
-            self._wake.extend(self.live)
+            wake_all = True
+        if self.pause is not None:
+            until = self.pause.until
+            if self.pause.observe(endpoint, failure, now, self.rng):
+                wake_all = True
+                if self.rate is not None and self.pause.until > until:
+                    self.rate.restart(max(self.pause.until, now))
+        if self.breaker is not None and self.breaker.observe(job, endpoint, failure, now, self.rng):
+            wake_all = True
         if self.rate is not None:
             self.rate.observe(failure, sent_at=sent_at, now=now)
         if endpoint is _CREATE and self.concurrency is not None:
-            self.concurrency.observe(failure, sent_at=sent_at, now=now)
+            revoked = self.concurrency.observe(job, failure, sent_at=sent_at, now=now)
+            if revoked and self.rate is not None:
+                for other in revoked:
+                    self.rate.forget(other)
+                self._wake.extend(self.rate.rewind(now))
             if failure is not None:
                 self._wake.extend(self.concurrency.release(job))
+        if wake_all:
+            self._wake.extend(self.live)
 
     def release(self, job: Hashable, now: float) -> None:
-        """Forget `job`; pass its task slot on."""
-        self.live.discard(job)
+        """Forget `job`; pass its task slot (and any probe it was) on."""
+        self.live.pop(job, None)
         if self.concurrency is not None:
             self._wake.extend(self.concurrency.release(job))
         if self.rate is not None:
             self.rate.forget(job)
+        probe = self.pause is not None and self.pause.forget(job)
+        if (self.breaker is not None and self.breaker.forget(job)) or probe:
+            self._wake.extend(self.live)
 
     def wakeups(self) -> list[Hashable]:
         """Jobs to re-run now (each once, in order)."""

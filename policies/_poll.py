@@ -62,7 +62,9 @@ class LearningPollSchedule(PollSchedule, Protocol):
     """A poll schedule that learns: jobs report how long each solved task took."""
 
     def observe_solved(self, seconds: float) -> None:
-        """A task was found solved `seconds` after it was accepted."""
+        """A task was found solved; `seconds` estimates how long after its acceptance it was
+        solved (the job reports the middle of the interval between the last poll that found
+        it processing, or its acceptance, and the poll that found it solved)."""
         ...
 
 

@@ -20,6 +20,7 @@ from captchaflow.policies import (
     Bucket,
     CircuitBreaker,
     Failure,
+    FailureRateBreaker,
     FleetGate,
     Hold,
     OpenGate,
@@ -54,11 +55,11 @@ def failure(
 def test_pause_holds_every_request_until_the_hint() -> None:
     """A 16 with a 5 s hint holds creates and polls until then; the latest hint wins."""
     pause = SharedPause()
-    assert pause.observe(failure(16, hint=5), 10.0, random.Random(0))
-    held = pause.hold(POLL, 12.0)
+    assert pause.observe(CREATE, failure(16, hint=5), 10.0, random.Random(0))
+    held = pause.hold("a", POLL, 12.0)
     assert isinstance(held, Hold) and held.until == 15.0 and held.cause is not None
-    assert pause.hold(CREATE, 15.0) is None
-    assert not pause.observe(failure(16, hint=1), 11.0, random.Random(0))  # earlier end
+    assert pause.hold("a", CREATE, 15.0) is None
+    assert not pause.observe(CREATE, failure(16, hint=1), 11.0, random.Random(0))  # earlier
 
 
 def test_pause_without_hint_is_a_shared_growing_backoff() -> None:
@@ -67,35 +68,37 @@ def test_pause_without_hint_is_a_shared_growing_backoff() -> None:
     rng = random.Random(3)
     ends = []
     for n in range(6):
-        pause.observe(failure(21), 100.0 * n, rng)
+        pause.observe(CREATE, failure(21), 100.0 * n, rng)
         ends.append(pause.until - 100.0 * n)
     assert all(0 <= e <= 8.0 for e in ends)
-    pause.observe(None, 1000.0, rng)
-    assert pause.strikes == 0
+    pause.observe(CREATE, None, 1000.0, rng)
+    assert pause.account.strikes == 0
 
 
 def test_quota_pause_holds_new_tasks_only() -> None:
     """A 17 with a hint holds createTask, not polls of tasks already paid for."""
     pause = SharedPause()
-    pause.observe(failure(17, hint=3600), 0.0, random.Random(0))
-    assert pause.hold(POLL, 1.0) is None
-    assert isinstance(pause.hold(CREATE, 1.0), Hold)
+    pause.observe(CREATE, failure(17, hint=3600), 0.0, random.Random(0))
+    assert pause.hold("a", POLL, 1.0) is None
+    assert isinstance(pause.hold("a", CREATE, 1.0), Hold)
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
-def test_http_rate_and_outage_statuses_pause(status: int) -> None:
-    """HTTP 429 and 5xx (without an API code) pause the account like 16 and 21."""
+def test_gateway_statuses_never_pause_the_account_by_themselves(status: int) -> None:
+    """HTTP 429 and 5xx without an API code, even with Retry-After, are per-request noise:
+    the shared pause ignores them (the FailureRateBreaker weighs them as evidence)."""
     pause = SharedPause()
-    assert pause.observe(
-        failure(None, bucket=Bucket.TRANSIENT_HTTP, status=status, hint=2), 0.0, random.Random(0)
-    )
+    gateway = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=status, hint=2)
+    assert not pause.observe(CREATE, gateway, 0.0, random.Random(0))
+    assert pause.hold("a", CREATE, 0.5) is None
 
 
 def test_slot_and_malformed_failures_do_not_pause() -> None:
     """NO_SLOT_AVAILABLE and malformed replies are not account-wide pauses."""
     pause = SharedPause()
-    assert not pause.observe(failure(2, hint=5), 0.0, random.Random(0))
-    assert not pause.observe(failure(None, bucket=Bucket.MALFORMED), 0.0, random.Random(0))
+    assert not pause.observe(CREATE, failure(2, hint=5), 0.0, random.Random(0))
+    malformed = failure(None, bucket=Bucket.MALFORMED)
+    assert not pause.observe(CREATE, malformed, 0.0, random.Random(0))
 
 
 def test_circuit_refuses_new_tasks_but_lets_paid_tasks_be_polled_after_zero_balance() -> None:
@@ -135,19 +138,33 @@ def test_concurrency_queues_and_hands_slots_on_in_order() -> None:
     assert slots.acquire("c") is None
 
 
-def test_concurrency_slow_start_then_caps_at_what_filled_the_service() -> None:
-    """Accepts grow the limit by one each until NO_SLOT; then it drops to the tasks in
-    flight minus one, and grows by about 1/limit per accept."""
-    slots = AdaptiveConcurrency(limit=4, decrease=0.5, cooldown=0)
-    for _ in range(4):
-        slots.observe(None, sent_at=0, now=0)
-    assert slots.limit == 8
+def test_concurrency_is_unbounded_until_no_slot_then_caps_at_what_filled_the_service() -> None:
+    """No limit until the service says NO_SLOT_AVAILABLE (every job gets a permit); then the
+    limit is the tasks created and not finished, and grows by 1/limit per accepted task."""
+    slots = AdaptiveConcurrency()
+    for job in range(10):
+        assert slots.acquire(job) is None
     for job in range(6):
+        slots.observe(job, None, sent_at=0, now=0)
+    assert slots.limit is None
+    slots.observe(7, failure(2), sent_at=1, now=1)
+    assert slots.limit == 6
+    slots.observe(6, None, sent_at=2, now=2)
+    assert slots.limit == pytest.approx(6 + 1 / 6)
+
+
+def test_concurrency_takes_back_permits_beyond_a_new_limit_from_jobs_without_a_task() -> None:
+    """Permits taken while there was no limit go back (latest first) when one is set, from
+    jobs whose task does not exist yet; those jobs queue again ahead of the others."""
+    slots = AdaptiveConcurrency()
+    for job in "abcdef":
         slots.acquire(job)
-    slots.observe(failure(2), sent_at=1, now=1)
-    assert slots.limit == 4  # min(8 * 0.5, 6 - 1)
-    slots.observe(None, sent_at=2, now=2)
-    assert slots.limit == pytest.approx(4.25)
+    slots.observe("a", None, sent_at=0, now=0)
+    slots.observe("b", None, sent_at=0, now=0)
+    revoked = slots.observe("c", failure(2), sent_at=0, now=0)
+    assert slots.limit == 2 and revoked == ["f", "e", "d", "c"]
+    assert list(slots.holders) == ["a", "b"] and list(slots.queue) == ["c", "d", "e", "f"]
+    assert isinstance(slots.acquire("g"), Hold)
 
 
 def test_retry_budget_waits_when_spent_and_refills() -> None:
@@ -208,15 +225,17 @@ def test_open_gate_admits_everything() -> None:
 
 def test_pause_backoff_without_hint_doubles_from_base_to_cap_and_resets_on_success() -> None:
     """The n-th unhinted pause since the last success lasts at most `min(cap, base * 2 **
-    (n - 1))`: 1, 2, 4, 8, then the cap; a success starts again from `base`."""
+    (n - 1))`: 1, 2, 4, 8, then the cap; a success starts again from `base`, and wakes the
+    jobs that waited for a probe."""
     pause = SharedPause(base=1.0, cap=10.0)
     lengths = []
     for n in range(6):
-        assert pause.observe(failure(21), 100.0 * n, EdgeRandom(high=True))
+        assert pause.observe(CREATE, failure(21), 100.0 * n, EdgeRandom(high=True))
         lengths.append(pause.until - 100.0 * n)
     assert lengths == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    assert not pause.observe(None, 1000.0, EdgeRandom(high=True))
-    assert pause.observe(failure(21), 2000.0, EdgeRandom(high=True))
+    assert pause.observe(CREATE, None, 1000.0, EdgeRandom(high=True))  # wakes the waiting
+    assert not pause.observe(CREATE, None, 1001.0, EdgeRandom(high=True))
+    assert pause.observe(CREATE, failure(21), 2000.0, EdgeRandom(high=True))
     assert pause.until == 2001.0
 
 
@@ -226,7 +245,7 @@ def test_pause_ignores_failures_that_do_not_pause() -> None:
     gate = FleetGate(rng=EdgeRandom(high=True))
     gate.register("a", 0.0)
     for code in (2, 12, 1):
-        assert not SharedPause().observe(failure(code), 0.0, EdgeRandom(high=True))
+        assert not SharedPause().observe(CREATE, failure(code), 0.0, EdgeRandom(high=True))
     gate.observe("a", POLL, failure(12), sent_at=0.0, now=0.1)
     assert gate.wakeups() == []
 
@@ -234,15 +253,14 @@ def test_pause_ignores_failures_that_do_not_pause() -> None:
 def test_pause_reason_names_the_code() -> None:
     """A pause's reason names the failure and its code; without a code, just its name."""
     pause = SharedPause()
-    pause.observe(failure(16, hint=5), 0.0, EdgeRandom(high=True))
-    held = pause.hold(CREATE, 1.0)
+    pause.observe(CREATE, failure(16, hint=5), 0.0, EdgeRandom(high=True))
+    held = pause.hold("a", CREATE, 1.0)
     assert held is not None and held.reason == "account paused: C16 (16)"
-    http = SharedPause()
-    http.observe(
-        failure(None, bucket=Bucket.TRANSIENT_HTTP, status=503, hint=5), 0.0, EdgeRandom(high=True)
-    )
-    held = http.hold(CREATE, 1.0)
-    assert held is not None and held.reason == "account paused: CNone"
+    breaker = FailureRateBreaker(min_calls=1)
+    gateway = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=503, hint=5)
+    breaker.observe("a", CREATE, gateway, 0.0, EdgeRandom(high=True))
+    held = breaker.hold("a", CREATE, 1.0)
+    assert held is not None and held.reason == "/createTask seems down: CNone"
 
 
 # -- CircuitBreaker, exactly -------------------------------------------------------------
@@ -290,12 +308,28 @@ def test_concurrency_decreases_at_once_then_once_per_cooldown(
     slots = make()
     for job in range(100):
         slots.acquire(job)
-    slots.observe(failure(2), sent_at=0.0, now=0.0)
+        slots.observe(job, None, sent_at=0.0, now=0.0)
+    slots.limit = 100.0
+    slots.observe("x", failure(2), sent_at=0.0, now=0.0)
     assert slots.limit == 50.0
-    slots.observe(failure(2), sent_at=4.0, now=4.9)
+    slots.observe("x", failure(2), sent_at=4.0, now=4.9)
     assert slots.limit == 50.0
-    slots.observe(failure(2), sent_at=5.0, now=5.0)
+    slots.observe("x", failure(2), sent_at=5.0, now=5.0)
     assert slots.limit == 25.0
+
+
+def test_concurrency_ignores_refusals_of_requests_sent_before_the_last_decrease() -> None:
+    """Once per round, as TCP: a NO_SLOT_AVAILABLE for a request sent before the last
+    decrease says nothing about the limit since, however late it arrives."""
+    slots = AdaptiveConcurrency(limit=100.0, decrease=0.5, cooldown=0.0)
+    for job in range(100):
+        slots.acquire(job)
+        slots.observe(job, None, sent_at=0.0, now=0.0)
+    slots.limit = 100.0
+    slots.observe("x", failure(2), sent_at=10.0, now=10.0)
+    assert slots.limit == 50.0
+    slots.observe("y", failure(2), sent_at=9.9, now=20.0)
+    assert slots.limit == 50.0
 
 
 def test_gate_release_passes_the_task_slot_on() -> None:
@@ -477,7 +511,9 @@ def test_concurrency_holds_new_tasks_while_over_a_decreased_limit() -> None:
     slots = AdaptiveConcurrency(limit=5.0, decrease=0.5, cooldown=0.0)
     for job in "abcde":
         assert slots.acquire(job) is None
-    slots.observe(failure(2), sent_at=0.0, now=0.0)
+        slots.observe(job, None, sent_at=0.0, now=0.0)
+    slots.limit = 5.0
+    slots.observe("x", failure(2), sent_at=0.0, now=0.0)
     assert slots.limit == 2.5
     assert isinstance(slots.acquire("f"), Hold)
 
@@ -506,21 +542,26 @@ def test_retry_budget_defaults_cap_the_tokens_at_one_hundred() -> None:
     assert budget.tokens == 100.0
 
 
-def test_rate_learns_from_http_429_too() -> None:
-    """An HTTP 429 without an API code teaches the rate like RATE_LIMITED does."""
+def test_rate_learns_nothing_from_gateway_429s() -> None:
+    """An HTTP 429 without an API code is not the account's limit (a proxy, a gateway):
+    only RATE_LIMITED teaches the rate, and the 429 does not count as accepted."""
     rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=5)
     accept(rate, 5)
-    too_many = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=429)
+    too_many = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=429, hint=2)
     rate.observe(too_many, sent_at=0.5, now=0.5)
-    assert rate.rate == 5.0
+    assert rate.rate is None and len(rate.accepted) == 5
 
 
-@pytest.mark.parametrize("part", [AdaptiveConcurrency(), AdaptiveRate()])
-def test_part_observe_times_are_keyword_only(part: AdaptiveConcurrency | AdaptiveRate) -> None:
+def test_part_observe_times_are_keyword_only() -> None:
     """`sent_at` and `now` are keyword-only, so they cannot be swapped by position."""
-    part.observe(None, sent_at=0.0, now=0.1)
+    rate = AdaptiveRate()
+    rate.observe(None, sent_at=0.0, now=0.1)
     with pytest.raises(TypeError):
-        part.observe(None, 0.0, 0.1)  # type: ignore[misc]
+        rate.observe(None, 0.0, 0.1)  # type: ignore[misc]
+    slots = AdaptiveConcurrency()
+    slots.observe("a", None, sent_at=0.0, now=0.1)
+    with pytest.raises(TypeError):
+        slots.observe("a", None, 0.0, 0.1)  # type: ignore[misc]
 
 
 def gate_script(origin: float, *, pause: bool) -> list[object]:
@@ -579,24 +620,30 @@ def test_retry_budget_slow_floor_still_says_when() -> None:
     )
 
 
-def test_pause_jitter_starts_at_zero() -> None:
-    """Full jitter: an unhinted pause may be as short as nothing at all."""
+def test_pause_jitter_is_equal_jitter() -> None:
+    """Equal jitter: an unhinted pause lasts at least half its ceiling (so a shared pause is
+    never nothing at all), and then one probe goes first."""
     pause = SharedPause()
-    pause.observe(failure(21), 7.0, EdgeRandom(high=False))
-    assert pause.until == 7.0
+    pause.observe(CREATE, failure(21), 7.0, EdgeRandom(high=False))
+    assert pause.until == 7.5
+    assert pause.account.probing and pause.hold("a", POLL, 7.5) is None
+    pause.claim("a", POLL, 7.5)
+    held = pause.hold("b", CREATE, 7.6)
+    assert isinstance(held, Hold) and held.until is None and "probe" in held.reason
 
 
 def test_quota_pause_keeps_the_latest_end_and_reports_extensions() -> None:
     """A quota reply extends the new-task pause (and says so); a shorter one later does not
     shorten it, and the same end again is no extension."""
     pause = SharedPause()
-    assert pause.observe(failure(17, hint=3600), 0.0, EdgeRandom(high=True))
-    assert not pause.observe(failure(17, hint=1), 1.0, EdgeRandom(high=True))
-    assert not pause.observe(failure(18, hint=3599), 1.0, EdgeRandom(high=True))  # the same end
-    assert pause.quota_until == 3600.0
-    assert pause.quota_cause is not None and pause.quota_cause.code == 17
-    assert pause.observe(failure(16, hint=5), 0.0, EdgeRandom(high=True))
-    assert not pause.observe(failure(16, hint=4), 1.0, EdgeRandom(high=True))  # the same end, 5.0
+    rng = EdgeRandom(high=True)
+    assert pause.observe(CREATE, failure(17, hint=3600), 0.0, rng)
+    assert not pause.observe(CREATE, failure(17, hint=1), 1.0, rng)
+    assert not pause.observe(CREATE, failure(18, hint=3599), 1.0, rng)  # the same end
+    assert pause.quota.until == 3600.0
+    assert pause.quota.cause is not None and pause.quota.cause.code == 17
+    assert pause.observe(CREATE, failure(16, hint=5), 0.0, rng)
+    assert not pause.observe(CREATE, failure(16, hint=4), 1.0, rng)  # the same end, 5.0
 
 
 def test_concurrency_release_wakes_as_many_as_slots_are_free() -> None:
@@ -614,9 +661,11 @@ def test_concurrency_release_over_the_limit_wakes_nobody() -> None:
     slots = AdaptiveConcurrency(limit=4.0, decrease=0.5, cooldown=0.0)
     for job in "abcd":
         slots.acquire(job)
+        slots.observe(job, None, sent_at=0.0, now=0.0)
+    slots.limit = 4.0
     slots.acquire("e")
     slots.acquire("f")
-    slots.observe(failure(2), sent_at=0.0, now=0.0)
+    slots.observe("e", failure(2), sent_at=0.0, now=0.0)
     assert slots.limit == 2.0
     assert slots.release("a") == []
 
@@ -624,7 +673,7 @@ def test_concurrency_release_over_the_limit_wakes_nobody() -> None:
 def test_gate_task_slot_is_kept_on_success_and_freed_on_a_failed_create() -> None:
     """An accepted createTask keeps its slot (the task is in flight); a refused one frees it
     for the next job; polls do not touch the slots or the limit."""
-    gate = FleetGate(concurrency=AdaptiveConcurrency(limit=1.0, slow_start=False))
+    gate = FleetGate(concurrency=AdaptiveConcurrency(limit=1.0))
     assert gate.admit("a", CREATE, retry=False, now=0.0) == Admit()
     assert isinstance(gate.admit("b", CREATE, retry=False, now=0.0), Hold)
     gate.observe("a", CREATE, None, sent_at=0.0, now=0.1)
@@ -715,21 +764,23 @@ def test_pause_backoff_exponent_stops_at_32_doublings() -> None:
     """With no cap, the unhinted pause stops doubling at `base * 2 ** 32` (no overflow)."""
     pause = SharedPause(base=1.0, cap=math.inf)
     for _ in range(40):
-        pause.observe(failure(21), 0.0, EdgeRandom(high=True))
+        pause.observe(CREATE, failure(21), 0.0, EdgeRandom(high=True))
     assert pause.until == 2.0**32
 
 
 def test_concurrency_no_slot_caps_the_limit_below_the_tasks_in_flight() -> None:
-    """After NO_SLOT_AVAILABLE the limit is at most the other tasks in flight (the service
-    was full with them), and never below `min_limit` (1 by default)."""
+    """After NO_SLOT_AVAILABLE the limit is at most the tasks created and not finished (the
+    service was full with them), and never below `min_limit` (1 by default)."""
     slots = AdaptiveConcurrency(limit=16.0, decrease=0.9)
     for job in range(6):
         slots.acquire(job)
-    slots.observe(failure(2), sent_at=0.0, now=0.0)
-    assert slots.limit == 5.0
+        slots.observe(job, None, sent_at=0.0, now=0.0)
+    slots.acquire("x")
+    slots.observe("x", failure(2), sent_at=0.0, now=0.0)
+    assert slots.limit == 6.0
     alone = AdaptiveConcurrency(limit=16.0)
     alone.acquire("a")
-    alone.observe(failure(2), sent_at=0.0, now=0.0)
+    alone.observe("a", failure(2), sent_at=0.0, now=0.0)
     assert alone.limit == 1.0
 
 
@@ -738,7 +789,7 @@ def test_concurrency_ignores_other_create_failures(code: int) -> None:
     """Only NO_SLOT_AVAILABLE lowers the task-slot limit."""
     slots = AdaptiveConcurrency(limit=8.0)
     slots.acquire("a")
-    slots.observe(failure(code), sent_at=0.0, now=0.0)
+    slots.observe("a", failure(code), sent_at=0.0, now=0.0)
     assert slots.limit == 8.0
 
 
@@ -759,13 +810,19 @@ README = (pathlib.Path(__file__).parents[1] / "README.md").read_text("utf-8")
 PART_DEFAULTS: dict[type[object], dict[str, object]] = {
     SharedPause: {"base": 1.0, "cap": 30.0},
     CircuitBreaker: {"cooldown": None},
+    FailureRateBreaker: {
+        "window": 10.0,
+        "min_calls": 20,
+        "threshold": 0.5,
+        "base": 1.0,
+        "cap": 30.0,
+    },
     AdaptiveConcurrency: {
-        "limit": 16.0,
+        "limit": None,
         "min_limit": 1.0,
         "max_limit": 10_000.0,
         "decrease": 0.9,
         "cooldown": 5.0,
-        "slow_start": True,
     },
     RetryBudget: {"ratio": 0.2, "floor_per_second": 10.0, "max_tokens": 100.0, "tokens": 10.0},
     AdaptiveRate: {
@@ -830,12 +887,21 @@ def test_rate_ceiling_is_requests_per_second_over_longer_windows() -> None:
     assert rate.ceiling == 2.5
 
 
-def test_rate_falls_on_a_lower_measurement() -> None:
-    """A later rate limit that measures fewer accepted requests lowers the rate."""
+def test_rate_never_falls_below_what_the_account_accepted() -> None:
+    """A later rate limit that measures fewer accepted requests (other clients on the key, a
+    quiet spell) does not lower the rate below the most the account took in one window."""
     rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
     accept(rate, 8)
     rate.observe(failure(16), sent_at=0.8, now=0.8)
     assert rate.rate == 8.0
+    accept(rate, 3, start=10.0)
+    rate.observe(failure(16), sent_at=10.5, now=10.5)
+    assert rate.rate == 8.0 and rate.peak == 8
+
+
+def test_rate_falls_to_a_lower_measurement_when_the_learned_rate_was_higher() -> None:
+    """A preset rate above what the account is seen to accept falls to the measurement."""
+    rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1, rate=50.0, ceiling=50.0)
     accept(rate, 3, start=10.0)
     rate.observe(failure(16), sent_at=10.5, now=10.5)
     assert rate.rate == 3.0
@@ -883,9 +949,9 @@ def test_quota_pause_ends_exactly_at_its_hint() -> None:
     """New tasks wait until the quota pause's end, and may go at that very moment (as they
     may at the end of an account pause)."""
     pause = SharedPause()
-    pause.observe(failure(17, hint=10), 0.0, EdgeRandom(high=False))
-    assert isinstance(pause.hold(CREATE, 9.99), Hold)
-    assert pause.hold(CREATE, 10.0) is None
+    pause.observe(CREATE, failure(17, hint=10), 0.0, EdgeRandom(high=False))
+    assert isinstance(pause.hold("a", CREATE, 9.99), Hold)
+    assert pause.hold("a", CREATE, 10.0) is None
 
 
 def test_retry_budget_accepts_its_boundary_settings() -> None:
@@ -906,11 +972,13 @@ def test_retry_budget_ignores_a_reading_older_than_its_last_update() -> None:
 
 def test_rate_window_slides_with_steady_traffic() -> None:
     """With requests accepted all along, the oldest leave the window as time moves on: at a
-    rate limit at 2.1 s only the four sent in [1.1, 2.1] count."""
+    rate limit at 2.1 s only the four sent in [1.1, 2.1] are in it (the ceiling is still the
+    six the account took in one window before)."""
     rate = AdaptiveRate(window=1.0, safety=1.0, min_evidence=1)
     accept(rate, 10, step=0.2)
     rate.observe(failure(16), sent_at=2.1, now=2.1)
-    assert rate.ceiling == 4.0
+    assert len(rate.accepted) == 4 and rate.peak == 6
+    assert rate.ceiling == 6.0
 
 
 @pytest.mark.parametrize("bucket", [b for b in Bucket if b is not Bucket.PERMANENT])
@@ -943,7 +1011,7 @@ def test_request_timeout_and_too_early_do_not_pause(status: int) -> None:
     """HTTP 408 and 425 are transient for the request that got them, but say nothing about
     the account's load: unlike 429 and 5xx they pause nobody."""
     failed = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=status, hint=2)
-    assert not SharedPause().observe(failed, 0.0, random.Random(0))
+    assert not SharedPause().observe(CREATE, failed, 0.0, random.Random(0))
 
 
 def test_circuit_probe_goes_exactly_when_the_cooldown_ends() -> None:
@@ -991,3 +1059,165 @@ def test_retry_budget_never_starts_above_its_cap() -> None:
     assert budget.hold(0.0) is None
     budget.spend(True, 0.0)
     assert isinstance(budget.hold(0.0), Hold)
+
+
+# -- FailureRateBreaker and probing --------------------------------------------------------
+
+GATEWAY = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=502)
+
+
+def feed(breaker: FailureRateBreaker, pattern: str, *, start: float = 0.0) -> bool:
+    """Feed one reply per character ("x": gateway failure, ".": success), 0.01 s apart, to
+    createTask; return whether the last one tripped the breaker."""
+    for n, mark in enumerate(pattern):
+        breaker.observe(n, CREATE, GATEWAY if mark == "x" else None, start + n / 100, EdgeRandom())
+    return CREATE in breaker.pauses and breaker.pauses[CREATE].active(start + len(pattern) / 100)
+
+
+def test_breaker_needs_the_minimum_number_of_calls() -> None:
+    """Nineteen failures in a row are not evidence enough (min_calls 20); the twentieth is."""
+    breaker = FailureRateBreaker()
+    assert not feed(breaker, "x" * 19)
+    assert feed(FailureRateBreaker(), "x" * 20)
+
+
+def test_breaker_trips_at_the_threshold_not_below() -> None:
+    """Half of the window failing trips it (threshold 0.5, inclusive); 9 of 20 does not."""
+    assert feed(FailureRateBreaker(), "." * 10 + "x" * 10)
+    assert not feed(FailureRateBreaker(), "." * 11 + "x" * 9)
+
+
+def test_breaker_window_forgets_old_calls() -> None:
+    """Failures older than `window` seconds no longer count."""
+    breaker = FailureRateBreaker(window=1.0, min_calls=4)
+    feed(breaker, "xxx")
+    breaker.observe("a", CREATE, None, 5.0, EdgeRandom())
+    breaker.observe("b", CREATE, GATEWAY, 5.01, EdgeRandom())
+    assert CREATE not in breaker.pauses
+
+
+def test_breaker_never_trips_on_fifteen_percent_noise() -> None:
+    """10,000 replies with 15% random gateway errors, 100 a second, never trip it."""
+    breaker = FailureRateBreaker()
+    noise = random.Random(7)
+    for n in range(10_000):
+        reply = GATEWAY if noise.random() < 0.15 else None
+        breaker.observe(n, CREATE, reply, n / 100, noise)
+    assert CREATE not in breaker.pauses
+
+
+def test_breaker_counts_api_answers_as_successes() -> None:
+    """An API error (16, 2, 12, a permanent one) is the service answering: not noise."""
+    breaker = FailureRateBreaker(min_calls=4)
+    for n, code in enumerate([16, 2, 12, 3, 21]):
+        breaker.observe(n, CREATE, failure(code), n / 10, EdgeRandom())
+    assert CREATE not in breaker.pauses
+
+
+def test_breaker_pauses_one_endpoint_only() -> None:
+    """createTask being down holds creates, not polls of tasks that exist."""
+    breaker = FailureRateBreaker()
+    feed(breaker, "x" * 20)
+    assert isinstance(breaker.hold("a", CREATE, 0.2), Hold)
+    assert breaker.hold("a", POLL, 0.2) is None
+
+
+def test_breaker_probes_after_the_pause_and_the_probe_decides() -> None:
+    """After the pause one job probes, the others wait to be woken; the probe's failure
+    pauses again for longer, its success closes the breaker and wakes everyone."""
+    gate = FleetGate(rng=EdgeRandom(high=True), rate=None)
+    for job in "pqr":
+        gate.register(job, 0.0)
+    for n in range(20):
+        gate.observe(n, CREATE, GATEWAY, sent_at=n / 100, now=n / 100)
+    assert gate.breaker is not None
+    pause = gate.breaker.pauses[CREATE]
+    assert pause.until == pytest.approx(0.19 + 1.0)  # the first backoff: base 1
+    standing = gate.standing("p", CREATE, 0.5)
+    assert isinstance(standing, Hold) and standing.until == pause.until
+    assert standing.cause == GATEWAY
+    assert gate.admit("p", CREATE, retry=False, now=1.2) == Admit()
+    held = gate.admit("q", CREATE, retry=False, now=1.2)
+    assert isinstance(held, Hold) and held.until is None
+    gate.observe("p", CREATE, GATEWAY, sent_at=1.2, now=1.3)
+    assert gate.wakeups() == ["p", "q", "r"]
+    assert pause.until == pytest.approx(1.3 + 2.0) and pause.strikes == 2
+    assert isinstance(gate.admit("q", CREATE, retry=False, now=2.0), Hold)
+    assert gate.admit("q", CREATE, retry=False, now=3.3) == Admit()
+    gate.observe("r", CREATE, None, sent_at=1.0, now=3.35)  # sent before: not the probe
+    assert pause.probing
+    gate.observe("q", CREATE, None, sent_at=3.3, now=3.4)
+    assert not pause.active(3.4) and pause.strikes == 0
+    assert gate.wakeups() == ["p", "q", "r"]
+    assert gate.admit("r", CREATE, retry=False, now=3.5) == Admit()
+
+
+def test_breaker_pause_honours_the_longest_retry_after_in_the_window() -> None:
+    """Gateway replies with Retry-After: the pause lasts at least the longest hint seen."""
+    breaker = FailureRateBreaker()
+    hinted = failure(None, bucket=Bucket.TRANSIENT_HTTP, status=429, hint=20)
+    for n in range(20):
+        breaker.observe(n, CREATE, hinted if n == 3 else GATEWAY, n / 100, EdgeRandom())
+    assert breaker.pauses[CREATE].until >= 0.19 + 20
+
+
+def test_a_gone_probe_frees_its_place() -> None:
+    """A probe whose job finishes before its reply (cancelled) hands the probe on."""
+    gate = FleetGate(rng=EdgeRandom(high=True), rate=None)
+    for job in "pq":
+        gate.register(job, 0.0)
+    gate.observe("x", CREATE, failure(21), sent_at=0.0, now=0.0)  # unhinted: pause, probe
+    assert gate.admit("p", POLL, retry=False, now=5.0) == Admit()
+    assert isinstance(gate.admit("q", POLL, retry=False, now=5.0), Hold)
+    gate.wakeups()
+    gate.release("p", 5.1)
+    assert gate.wakeups() == ["q"]
+    assert gate.admit("q", POLL, retry=False, now=5.2) == Admit()
+
+
+def test_hinted_pause_needs_no_probe() -> None:
+    """With the API's own hint, every job goes when it has passed: no probe first."""
+    gate = FleetGate(rate=None)
+    gate.observe("x", CREATE, failure(21, hint=3), sent_at=0.0, now=0.0)
+    assert isinstance(gate.admit("a", POLL, retry=False, now=2.0), Hold)
+    assert gate.admit("a", POLL, retry=False, now=3.0) == Admit()
+    assert gate.admit("b", POLL, retry=False, now=3.0) == Admit()
+
+
+def test_breaker_rejects_a_threshold_outside_zero_to_one() -> None:
+    """The threshold is a share of calls: (0, 1]."""
+    for bad in (0.0, 1.5, math.nan):
+        with pytest.raises(ValueError, match="threshold"):
+            FailureRateBreaker(threshold=bad)
+
+
+@pytest.mark.parametrize("tokens", [0.9999999999999716, 0.9999999999999998])
+def test_retry_budget_a_rounding_error_short_of_a_token_has_one(tokens: float) -> None:
+    """A balance a float rounding error short of one token admits (it used to answer a hold
+    until now, forever, and the simulation spun)."""
+    budget = RetryBudget(tokens=tokens)
+    assert budget.hold(5.0) is None
+    assert budget.hold(5.0) is None
+
+
+def test_retry_budget_holds_always_end_in_the_future() -> None:
+    """Fourteen retries at t = 0 on a slow floor: every hold ends strictly after now."""
+    budget = RetryBudget(floor_per_second=3.0)
+    now = 0.0
+    for _ in range(14):
+        held = budget.hold(now)
+        if held is not None:
+            assert held.until is not None and held.until > now
+            now = held.until
+        budget.spend(True, now)
+
+
+def test_default_gate_is_inert_on_a_healthy_account() -> None:
+    """Before any signal, the default gate admits every request at once, like OpenGate."""
+    gate = FleetGate()
+    for n in range(1000):
+        gate.register(n, 0.0)
+        assert gate.admit(n, CREATE, retry=False, now=0.0) == Admit()
+        gate.observe(n, CREATE, None, sent_at=0.0, now=0.05)
+        assert gate.admit(n, POLL, retry=True, now=0.1) == Admit()
+    assert gate.wakeups() == []

@@ -553,16 +553,25 @@ class RecordingSchedule:
 
 def test_learning_schedule_hears_each_solved_tasks_time_to_solution() -> None:
     """A poll schedule with `observe_solved` (a `LearningPollSchedule`, e.g. `AdaptivePoll`)
-    is told how long after acceptance the task was found solved; it hears nothing of tasks
-    that were not solved."""
+    is told how long after acceptance the task was solved, estimated as the middle between
+    the last reply that said processing (or the acceptance) and the one that said solved;
+    it hears nothing of tasks that were not solved."""
     schedule = RecordingSchedule()
     job = new_job(schedule=schedule)
     send(job, 0.0)
     job.feed(Accepted(7), 0.5)
     send(job, 2.5)
-    job.feed(Solved({"text": "ok"}), 3.25)
-    assert schedule.solved == [2.75]
+    job.feed(Solved({"text": "ok"}), 3.25)  # found on the first poll: in (0.5, 3.25]
+    assert schedule.solved == [1.375]
+    later = new_job(schedule=schedule)
+    send(later, 10.0)
+    later.feed(Accepted(8), 10.0)
+    send(later, 12.0)
+    later.feed(Processing(), 12.0)
+    send(later, 14.0)
+    later.feed(Solved({"text": "ok"}), 14.0)  # solved in (12, 14]
+    assert schedule.solved == [1.375, 3.0]
     unsolved = new_job(schedule=schedule)
-    send(unsolved, 4.0)
-    unsolved.feed(fail(Bucket.PERMANENT, Endpoint.CREATE_TASK, code=1), 4.1)
-    assert schedule.solved == [2.75]
+    send(unsolved, 20.0)
+    unsolved.feed(fail(Bucket.PERMANENT, Endpoint.CREATE_TASK, code=1), 20.1)
+    assert schedule.solved == [1.375, 3.0]
