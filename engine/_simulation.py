@@ -7,6 +7,12 @@ its end, a `Send` is handed to the simulated service at the current virtual time
 an event carrying the classified result, `latency` later. Ties are broken by insertion
 order, so a run is a pure function of the scenario, the seed, the tasks and the policies:
 the same inputs give identical histories, request logs and results.
+
+With `max_in_flight=N` the simulation is a pool of N workers: a task whose arrival time has
+come waits in a FIFO queue (by arrival time, then submission order) while N jobs are live,
+and its `Job` is created only when a worker takes it, so its deadline counts from then.
+Arrivals are events of their own in the same heap (epoch `_ARRIVAL`); a worker is freed when
+its job first reports `Finished`, and the next queued task starts at that same instant.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeAlias
 
@@ -32,11 +38,13 @@ from captchaflow.transports import ApiKey, ApiRequest, JsonValue, SimulatedAPI
 from ._classify import Outcome, classify
 from ._driver import MoveHook
 from ._engine import DEFAULT_TIMEOUT
-from ._job import Finished, Job, Wait
+from ._job import Finished, Job, Wait, validate_task
 
 __all__ = ["ExchangeHook", "Simulation", "SimulationReport"]
 
 _EPOCH = 1_700_000_000.0
+_ARRIVAL = -2
+"""The epoch of an arrival event: its index is the task's submission index, not a job's."""
 
 ExchangeHook: TypeAlias = Callable[[Job, ApiRequest, float, float, Outcome], None]
 """Called for every request a job sends: (job, request, sent_at, seen_at, outcome)."""
@@ -52,6 +60,10 @@ class SimulationReport:
     """Virtual time at which each job (by index) reached its terminal state."""
     end: float
     """Virtual time of the last event."""
+    submitted_at: Mapping[int, float] = attrs.field(factory=dict)
+    """Arrival time (the `at` given to `submit`) of each job, by index. Without a pool it is
+    the job's `started_at`; with one, a task may wait for a worker after it arrives. A job
+    missing here counts from its `started_at`."""
 
     def states(self) -> Counter[str]:
         """Jobs by final state."""
@@ -62,9 +74,11 @@ class SimulationReport:
         return Counter(job.error.name for job in self.jobs if job.error is not None)
 
     def time_to_solution(self) -> list[float]:
-        """Seconds from submission to solution, for each solved job, sorted."""
+        """Seconds from arrival (`submitted_at`) to solution, for each solved job, sorted:
+        time spent queued for a worker counts."""
+        arrived = self.submitted_at
         return sorted(
-            self.finished_at[i] - job.started_at
+            self.finished_at[i] - arrived.get(i, job.started_at)
             for i, job in enumerate(self.jobs)
             if job.solution is not None
         )
@@ -74,8 +88,8 @@ class SimulationReport:
         return sum(move.trigger == "defer" for job in self.jobs for move in job.history)
 
     def percentile(self, fraction: float) -> float | None:
-        """The `fraction` quantile (0 to 1, linear interpolation) of time to solution, or
-        None if nothing was solved."""
+        """The `fraction` quantile (0 to 1, linear interpolation) of time to solution (from
+        arrival, as `time_to_solution`), or None if nothing was solved."""
         if not 0 <= fraction <= 1:
             raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
         times = self.time_to_solution()
@@ -95,6 +109,12 @@ class Simulation:
     per-task timeout and policy); `run()` processes every event and returns a
     `SimulationReport`. Policies given here are shared by the jobs that do not bring their
     own; a seeded policy makes the run reproducible.
+
+    `max_in_flight` (None, or an int >= 1) makes it a worker pool, as
+    `Engine.solve_many(max_in_flight=...)` runs one: at most that many jobs are live at once,
+    an arrived task waits (first come, first served) for a job to finish, and its `Job`, so
+    its deadline, starts only when a worker takes it. Time to solution still counts from the
+    arrival (`SimulationReport.submitted_at`).
     """
 
     def __init__(
@@ -108,7 +128,14 @@ class Simulation:
         on_move: MoveHook | None = None,
         on_exchange: ExchangeHook | None = None,
         gate: AccountGate | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
+        if max_in_flight is not None and (
+            isinstance(max_in_flight, bool)
+            or not isinstance(max_in_flight, int)
+            or max_in_flight < 1
+        ):
+            raise ValueError(f"max_in_flight must be None or an int >= 1, got {max_in_flight!r}")
         self.api = api
         self.key = key if isinstance(key, ApiKey) else ApiKey(key)
         self.policy: RetryPolicy = policy if policy is not None else DocumentedPolicy()
@@ -119,7 +146,14 @@ class Simulation:
         self.on_move = on_move
         self.on_exchange = on_exchange
         self.gate = gate
+        self.max_in_flight = max_in_flight
         self.jobs: list[Job] = []
+        """The jobs, in submission order once `run()` has returned (with a pool, in the order
+        workers took them while it runs)."""
+        self.submitted_at: list[float] = []
+        """Each task's arrival time, in submission order."""
+        # with a pool: each submitted task, waiting for its job (by submission index)
+        self._tasks: list[tuple[Mapping[str, JsonValue], float | None, RetryPolicy | None]] = []
         # (time, sequence, job index, outcome to feed or None, timer epoch or -1)
         self._events: list[tuple[float, int, int, Outcome | None, int]] = []
         self._epochs: list[int] = []
@@ -133,21 +167,48 @@ class Simulation:
         at: float = 0.0,
         timeout: float | None = None,
         policy: RetryPolicy | None = None,
+    ) -> Job | None:
+        """Add a task arriving at virtual time `at`.
+
+        Without a pool, its job starts at `at` and is returned (not yet run). With
+        `max_in_flight`, the job does not exist until a worker takes the task (its deadline
+        counts from then), so nothing is returned: the job is `report.jobs[i]`, `i` being
+        the number of tasks submitted before this one. Either way an invalid task or timeout
+        raises here (`InvalidTaskError`, `ValueError`).
+        """
+        index = len(self.submitted_at)
+        self.submitted_at.append(at)
+        if self.max_in_flight is None:
+            job = self._new_job(task, at, timeout, policy)
+            self._timer(at, len(self.jobs) - 1)
+            return job
+        validate_task(task)
+        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a positive finite number, got {timeout!r}")
+        self._tasks.append((task, timeout, policy))
+        heapq.heappush(self._events, (at, next(self._sequence), index, None, _ARRIVAL))
+        return None
+
+    def _new_job(
+        self,
+        task: Mapping[str, JsonValue],
+        now: float,
+        timeout: float | None,
+        policy: RetryPolicy | None,
     ) -> Job:
-        """Add a job for `task` starting at virtual time `at`; return it (not yet run)."""
+        """Create a job starting at `now` and give it the next index (no timer yet)."""
         job = Job(
             task,
             key=self.key,
             policy=policy if policy is not None else self.policy,
             schedule=self.poll_schedule,
-            now=at,
+            now=now,
             timeout=timeout if timeout is not None else self.timeout,
             gate=self.gate,
         )
         self._index[id(job)] = len(self.jobs)
         self.jobs.append(job)
         self._epochs.append(0)
-        self._timer(at, len(self.jobs) - 1)
         return job
 
     def _timer(self, at: float, index: int) -> None:
@@ -156,16 +217,27 @@ class Simulation:
         heapq.heappush(self._events, (at, next(self._sequence), index, None, self._epochs[index]))
 
     def run(self) -> SimulationReport:
-        """Process every event until all jobs are finished."""
+        """Process every event until all jobs are finished (with a pool, until every
+        submitted task has had its job and it has finished)."""
         events, jobs, api, on_move = self._events, self.jobs, self.api, self.on_move
         on_exchange, gate, epochs = self.on_exchange, self.gate, self._epochs
+        pooled = self.max_in_flight is not None
+        free = self.max_in_flight or 0  # idle workers
+        queued: deque[int] = deque()  # arrived tasks waiting for a worker (submission index)
+        origin: list[int] = []  # with a pool: each job's submission index
         in_flight: set[int] = set()
         finished_at: dict[int, float] = {}
         now = 0.0
         while events:
             now, _, index, outcome, epoch = heapq.heappop(events)
-            if epoch >= 0 and (epoch != epochs[index] or index in in_flight):
-                continue  # a timer made void by a later wake-up
+            if epoch >= 0:
+                if epoch != epochs[index] or index in in_flight:
+                    continue  # a timer made void by a later wake-up
+            elif epoch == _ARRIVAL:
+                queued.append(index)
+                if free:
+                    free = self._start(queued, origin, now, free)
+                continue
             job = jobs[index]
             reported = len(job.history)
             if outcome is not None:
@@ -173,7 +245,10 @@ class Simulation:
                 job.feed(outcome, now)
             action = job.next_action(now)
             if isinstance(action, Finished):
-                finished_at.setdefault(index, now)
+                if index not in finished_at:
+                    finished_at[index] = now
+                    if pooled:
+                        free = self._start(queued, origin, now, free + 1)
             elif isinstance(action, Wait):
                 self._timer(action.until, index)
             else:
@@ -192,4 +267,24 @@ class Simulation:
                     other = self._index.get(id(woken))
                     if other is not None and other not in in_flight and other not in finished_at:
                         self._timer(now, other)
-        return SimulationReport(jobs, api, finished_at, now)
+        if pooled:
+            # back to submission order: job i is the i-th task submitted
+            by_task = sorted(range(len(jobs)), key=origin.__getitem__)
+            finished_at = {origin[slot]: finished_at[slot] for slot in by_task}
+            jobs[:] = [jobs[slot] for slot in by_task]
+            epochs[:] = [epochs[slot] for slot in by_task]
+            self._index = {id(job): i for i, job in enumerate(jobs)}
+        submitted = dict(enumerate(self.submitted_at))
+        return SimulationReport(jobs, api, finished_at, now, submitted)
+
+    def _start(self, queued: deque[int], origin: list[int], now: float, free: int) -> int:
+        """Give up to `free` workers the longest-waiting queued tasks, starting their jobs
+        at `now`; return how many workers are left idle."""
+        while free and queued:
+            task_index = queued.popleft()
+            task, timeout, policy = self._tasks[task_index]
+            self._new_job(task, now, timeout, policy)
+            origin.append(task_index)
+            self._timer(now, len(self.jobs) - 1)
+            free -= 1
+        return free

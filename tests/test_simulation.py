@@ -3,6 +3,7 @@ time, its determinism, and the report's helpers."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import pytest
 
 from captchaflow.engine import (
+    TERMINAL_STATES,
+    InvalidTaskError,
     Job,
     Move,
     PermanentError,
@@ -18,7 +21,7 @@ from captchaflow.engine import (
     SimulationReport,
     UnsolvableError,
 )
-from captchaflow.policies import DocumentedPolicy, FixedDelay, FixedInterval, NoRetry
+from captchaflow.policies import DocumentedPolicy, FixedDelay, FixedInterval, FleetGate, NoRetry
 from captchaflow.transports import (
     AccountSpec,
     FaultKind,
@@ -255,3 +258,217 @@ def test_finished_at_is_the_last_move() -> None:
         assert job.finished
         assert report.finished_at[index] == job.history[-1].at
         assert job.history[-1].dest in ("ready", "failed")
+
+
+# -- the worker pool (max_in_flight) -------------------------------------------------------
+
+STEADY = Scenario(
+    accounts=(AccountSpec(key=KEY),),
+    default_task=TaskTypeSpec(solve_seconds=5.0, solve_spread=0.0, min_solve_seconds=0.0),
+    latency=0.5,
+)
+"""Every task is accepted 0.5 s after it starts, solved 5 s after creation and, with 2-s
+polls, done 5.5 s after it starts."""
+
+
+def steady_run(
+    max_in_flight: int | None, arrivals: list[float], **simulation: Any
+) -> SimulationReport:
+    """Run one task per arrival time on `STEADY` (2-s polls) and return the report."""
+    sim = Simulation(
+        SimulatedAPI(STEADY),
+        key=KEY,
+        poll_schedule=FixedInterval(interval=2.0),
+        max_in_flight=max_in_flight,
+        **simulation,
+    )
+    for at in arrivals:
+        sim.submit(TASK, at=at)
+    return sim.run()
+
+
+def most_live(report: SimulationReport) -> int:
+    """The most jobs live at one instant: each is live from its start until it finishes
+    (half-open, so a worker freed at t and taken again at t counts once)."""
+    edges = sorted(
+        [(report.finished_at[i], -1) for i in range(len(report.jobs))]
+        + [(job.started_at, +1) for job in report.jobs]
+    )
+    live = most = 0
+    for _, step in edges:
+        live += step
+        most = max(most, live)
+    return most
+
+
+def pooled_flaky(max_in_flight: int | None, seen: list[tuple[Job, Move]]) -> SimulationReport:
+    """120 tasks arriving 4 a second on `FLAKY` (every kind of fault, an outage, 20%
+    unsolvable), `seen` collecting every move."""
+    api = SimulatedAPI(FLAKY, seed=11, keep_log=False)
+    sim = Simulation(
+        api,
+        key=KEY,
+        policy=DocumentedPolicy(rng=random.Random(11)),
+        on_move=lambda job, move: seen.append((job, move)),
+        max_in_flight=max_in_flight,
+    )
+    for i in range(120):
+        sim.submit(TASK, at=i * 0.25)
+    return sim.run()
+
+
+def live_at_each_move(seen: list[tuple[Job, Move]]) -> int:
+    """The most jobs live as the `on_move` hook saw them: from a job's first move to its
+    terminal one (a job moves only while live, so this never overcounts)."""
+    live: dict[int, None] = {}  # by id: counted, never iterated
+    most = 0
+    for job, move in seen:
+        if move.dest in TERMINAL_STATES:
+            live.pop(id(job), None)
+        else:
+            live[id(job)] = None
+            most = max(most, len(live))
+    return most
+
+
+def test_pool_never_has_more_live_jobs_than_workers() -> None:
+    """With `max_in_flight=8` on a faulty service no more than 8 jobs are ever live, by the
+    jobs' start and finish times and by what the `on_move` hook sees; every task still gets
+    a job that finishes, and the pool is used to the full."""
+    seen: list[tuple[Job, Move]] = []
+    report = pooled_flaky(8, seen)
+    assert len(report.jobs) == 120
+    assert len(report.finished_at) == 120
+    assert all(job.finished for job in report.jobs)
+    assert most_live(report) == 8
+    assert live_at_each_move(seen) <= 8
+    assert len(seen) == sum(len(job.history) for job in report.jobs)
+    # no job moves before it starts or after it finishes
+    for index, job in enumerate(report.jobs):
+        assert all(job.started_at <= m.at <= report.finished_at[index] for m in job.history)
+
+
+def test_without_a_pool_the_same_run_exceeds_the_bound() -> None:
+    """Mutant check: the live-count assertions above fail without the pool on the same
+    scenario (so they do test the pool)."""
+    seen: list[tuple[Job, Move]] = []
+    report = pooled_flaky(None, seen)
+    assert most_live(report) > 8
+    assert live_at_each_move(seen) > 8
+
+
+def test_pool_takes_tasks_first_come_first_served() -> None:
+    """One worker takes the tasks by arrival time, ties in submission order, each as the
+    previous job finishes; `report.jobs[i]` is the i-th task submitted, and `submit`
+    returns no job."""
+    arrivals = [3.0, 0.0, 1.0, 0.0, 1.0, 2.0]
+    sim = Simulation(
+        SimulatedAPI(STEADY), key=KEY, poll_schedule=FixedInterval(interval=2.0), max_in_flight=1
+    )
+    assert [sim.submit(TASK, at=at) for at in arrivals] == [None] * len(arrivals)
+    report = sim.run()
+    order = sorted(range(len(arrivals)), key=lambda i: report.jobs[i].started_at)
+    assert order == [1, 3, 2, 4, 5, 0]
+    assert order == sorted(range(len(arrivals)), key=lambda i: (arrivals[i], i))
+    starts = [report.jobs[i].started_at for i in order]
+    assert starts == pytest.approx([0.0, 5.5, 11.0, 16.5, 22.0, 27.5])
+    for previous, following in itertools.pairwise(order):
+        assert report.jobs[following].started_at == report.finished_at[previous]
+    assert report.submitted_at == dict(enumerate(arrivals))
+    assert report.jobs == sim.jobs
+
+
+def test_pool_starts_a_task_on_arrival_when_a_worker_is_idle() -> None:
+    """An idle worker takes a task the moment it arrives, not later."""
+    report = steady_run(2, [0.0, 20.0, 21.0, 22.0])
+    assert [job.started_at for job in report.jobs] == pytest.approx([0.0, 20.0, 21.0, 25.5])
+
+
+def test_pool_deadline_counts_from_start_time_to_solution_from_arrival() -> None:
+    """Three tasks at t=0, one worker, timeout 8 s: each job's deadline is 8 s after a
+    worker took it (so all three are solved although the last is done at 16.5 s), while
+    time to solution counts from the arrival, queueing included."""
+    report = steady_run(1, [0.0, 0.0, 0.0], timeout=8.0)
+    assert report.states() == Counter({"ready": 3})
+    assert [job.started_at for job in report.jobs] == pytest.approx([0.0, 5.5, 11.0])
+    assert [job.deadline for job in report.jobs] == pytest.approx([8.0, 13.5, 19.0])
+    assert report.finished_at == pytest.approx({0: 5.5, 1: 11.0, 2: 16.5})
+    assert report.submitted_at == {0: 0.0, 1: 0.0, 2: 0.0}
+    assert report.time_to_solution() == pytest.approx([5.5, 11.0, 16.5])
+    assert report.percentile(1.0) == pytest.approx(16.5)
+    # the per-task timeout given to submit also counts from the start
+    sim = Simulation(
+        SimulatedAPI(STEADY), key=KEY, poll_schedule=FixedInterval(interval=2.0), max_in_flight=1
+    )
+    sim.submit(TASK)
+    sim.submit(TASK, timeout=3.0)
+    report = sim.run()
+    assert report.jobs[1].started_at == pytest.approx(5.5)
+    assert report.jobs[1].deadline == pytest.approx(8.5)
+    assert report.jobs[1].state == "failed"
+    assert report.finished_at[1] == pytest.approx(8.5)
+
+
+def test_without_a_pool_time_to_solution_is_unchanged() -> None:
+    """Without a pool every job starts on arrival: `submitted_at` is each job's
+    `started_at`, and `submit` returns the job."""
+    sim = Simulation(SimulatedAPI(STEADY), key=KEY, poll_schedule=FixedInterval(interval=2.0))
+    jobs = [sim.submit(TASK, at=at) for at in (0.0, 0.0, 4.0)]
+    report = sim.run()
+    assert jobs == report.jobs
+    assert report.submitted_at == {i: job.started_at for i, job in enumerate(report.jobs)}
+    assert report.time_to_solution() == pytest.approx([5.5, 5.5, 5.5])
+    # a report built without `submitted_at` counts from each job's start, as before
+    bare = SimulationReport(report.jobs, report.api, report.finished_at, report.end)
+    assert bare.time_to_solution() == report.time_to_solution()
+
+
+def gated_flaky(max_in_flight: int | None) -> SimulationReport:
+    """80 tasks on `FLAKY` behind a seeded `FleetGate`, with request log."""
+    api = SimulatedAPI(FLAKY, seed=5, keep_log=True)
+    sim = Simulation(
+        api,
+        key=KEY,
+        policy=DocumentedPolicy(rng=random.Random(5)),
+        gate=FleetGate(rng=random.Random(5)),
+        max_in_flight=max_in_flight,
+    )
+    for i in range(80):
+        sim.submit(TASK, at=i * 0.3)
+    return sim.run()
+
+
+@pytest.mark.parametrize("max_in_flight", [None, 10])
+def test_gated_runs_are_deterministic(max_in_flight: int | None) -> None:
+    """With a `FleetGate` (pooled or not) on a faulty service every job finishes, and the
+    same seed gives the same run, even with other objects allocated in between (so the
+    jobs' ids differ)."""
+    first = gated_flaky(max_in_flight)
+    ballast = [object() for _ in range(20_000)]
+    second = gated_flaky(max_in_flight)
+    del ballast
+    assert len(first.finished_at) == 80
+    if max_in_flight is not None:
+        assert most_live(first) <= max_in_flight
+    assert [job.history for job in first.jobs] == [job.history for job in second.jobs]
+    assert first.finished_at == second.finished_at
+    assert first.api.log == second.api.log
+    assert any(move.trigger == "hold" for job in first.jobs for move in job.history)
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, False, 1.5, "4"])
+def test_max_in_flight_must_be_none_or_a_positive_int(bad: Any) -> None:
+    """`max_in_flight` is None or an int >= 1; bools, floats, strings, 0 and below are
+    refused with a ValueError naming the value."""
+    with pytest.raises(ValueError, match="max_in_flight must be None or an int >= 1"):
+        Simulation(SimulatedAPI(STEADY), key=KEY, max_in_flight=bad)
+
+
+def test_pool_refuses_bad_tasks_and_timeouts_at_submit() -> None:
+    """With a pool, a bad task or timeout is refused by `submit`, not later inside `run`."""
+    sim = Simulation(SimulatedAPI(STEADY), key=KEY, max_in_flight=1)
+    with pytest.raises(InvalidTaskError):
+        sim.submit({"body": "no type"})
+    with pytest.raises(ValueError, match="timeout"):
+        sim.submit(TASK, timeout=0.0)
+    assert Simulation(SimulatedAPI(STEADY), key=KEY, max_in_flight=1).max_in_flight == 1
