@@ -7,7 +7,7 @@ import random
 import time
 from collections import Counter
 
-from captchaflow.policies import DocumentedPolicy
+from captchaflow.policies import DocumentedPolicy, FixedInterval
 from captchaflow.transports import (
     AccountSpec,
     ErrorCode,
@@ -18,9 +18,10 @@ from captchaflow.transports import (
     TaskTypeSpec,
 )
 
+from ._engine import DEFAULT_TIMEOUT, default_gate
 from ._simulation import Simulation, SimulationReport
 
-__all__ = ["DEMO_TASK", "demo_scenario", "format_summary", "run_demo"]
+__all__ = ["DEMO_TASK", "demo_scenario", "format_failures", "format_summary", "run_demo"]
 
 DEMO_TASK = {
     "type": "ImageToTextTask",
@@ -57,14 +58,21 @@ def demo_scenario() -> Scenario:
 def run_demo(
     tasks: int = 200, *, seed: int = 0, scenario: Scenario | None = None, rate: float = 20.0
 ) -> tuple[SimulationReport, float]:
-    """Run `tasks` tasks arriving at random, `rate` per second on average; return the report
-    and the real seconds the simulation took."""
+    """Run `tasks` tasks arriving at random, `rate` per second on average, through exactly
+    the engine's defaults (`DocumentedPolicy`, 2-s polls, the 120-s deadline and
+    `default_gate()`), seeded by `seed`; return the report and the real seconds it took."""
     spread = tasks / rate
     scenario = scenario if scenario is not None else demo_scenario()
     arrivals = random.Random(seed ^ 0x5EED)
     api = SimulatedAPI(scenario, seed=seed)
+    # Exactly the engine's defaults (policy, polls, deadline and gate), seeded.
     simulation = Simulation(
-        api, key=scenario.accounts[0].key, policy=DocumentedPolicy(rng=random.Random(seed))
+        api,
+        key=scenario.accounts[0].key,
+        policy=DocumentedPolicy(rng=random.Random(seed)),
+        poll_schedule=FixedInterval(),
+        timeout=DEFAULT_TIMEOUT,
+        gate=default_gate(random.Random(seed)),
     )
     for _ in range(tasks):
         simulation.submit(DEMO_TASK, at=arrivals.uniform(0.0, spread))
@@ -73,9 +81,14 @@ def run_demo(
     return report, time.perf_counter() - started
 
 
-def _row(label: str, counts: Counter[str] | dict[str, int]) -> str:
+def _joined(counts: Counter[str] | dict[str, int]) -> str:
+    """`NAME n · NAME n`, commonest first (ties by name)."""
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return f"{label:<22}" + (" · ".join(f"{k} {v}" for k, v in items) or "none")
+    return " · ".join(f"{k} {v}" for k, v in items)
+
+
+def _row(label: str, counts: Counter[str] | dict[str, int]) -> str:
+    return f"{label:<22}" + (_joined(counts) or "none")
 
 
 def format_summary(report: SimulationReport, wall_seconds: float, *, seed: int) -> str:
@@ -115,3 +128,12 @@ def _labels(report: SimulationReport, *, api_errors: bool) -> Counter[str]:
             name = ErrorCode(int(label[5:])).name if api_errors else label
             counts[name] += count
     return counts
+
+
+def format_failures(report: SimulationReport) -> str | None:
+    """One line saying how many tasks failed and why, or None if none did."""
+    errors = report.errors()
+    if not errors:
+        return None
+    failed = sum(errors.values())
+    return f"captchaflow demo: {failed} of {len(report.jobs)} tasks failed: {_joined(errors)}"

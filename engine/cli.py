@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from captchaflow.transports import (
     serve_simulator,
 )
 
-from ._demo import format_summary, run_demo
+from ._demo import format_failures, format_summary, run_demo
 from ._engine import DEFAULT_TIMEOUT, solve
 from ._errors import CaptchaflowError
 from ._fsm import machine_dot
@@ -306,7 +307,15 @@ def _demo(args: argparse.Namespace) -> int:
     scenario = _read_scenario(args.scenario) if args.scenario is not None else None
     report, wall = run_demo(args.tasks, seed=args.seed, scenario=scenario)
     print(format_summary(report, wall, seed=args.seed))
-    return 0
+    failures = format_failures(report)
+    if failures is None:
+        return 0
+    print(failures, file=sys.stderr)
+    # The exit status of the commonest error (ties: the first by name), as `solve` would.
+    errors = [job.error for job in report.jobs if job.error is not None]
+    counts = collections.Counter(error.name for error in errors)
+    name = min(counts, key=lambda n: (-counts[n], n))
+    return next(error.exit_code for error in errors if error.name == name)
 
 
 def _sim_scenario(args: argparse.Namespace) -> Scenario:
