@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
-KEYS = ("bench-storm-key", "demo-key")
+KEYS = ("bench-storm-key", "bench-regret-key", "demo-key")
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,12 @@ KEYS = ("bench-storm-key", "demo-key")
         (
             "storm.py",
             ["--tasks", "60", "--rate", "10", "--slots", "8"],
-            "storm: rejected_vs_baseline=",
+            "storm: makespan_vs_best_pool=",
+        ),
+        (
+            "regret.py",
+            ["--scenarios", "noise-3%,outage-unhinted", "--seeds", "1", "--tasks-scale", "0.05"],
+            "regret: worst_solved_vs_open=",
         ),
         ("jitter.py", ["--clients", "5,10", "--runs", "2"], "jitter: calls_vs_no_jitter"),
         ("simulation.py", ["--tasks", "50"], "simulation: jobs=50"),
