@@ -187,23 +187,15 @@ def main() -> None:
     best = min(pools, key=lambda row: row.makespan)
     best_size = int(best.name.removeprefix("pool-"))
     learned_pool = pooled(best_size, AdaptivePoll(), f"pool-{best_size}, learned polls")
-    gate_row = run(
-        "gate",
-        world,
-        args.tasks,
-        args.seed,
-        max_attempts=uncapped,
-        gate=default_gate(random.Random(args.seed)),
-    )[0]
-    both = run(
-        "gate, learned polls",
-        world,
-        args.tasks,
-        args.seed,
-        max_attempts=uncapped,
-        gate=default_gate(random.Random(args.seed)),
-        schedule=AdaptivePoll(),
-    )[0]
+
+    def gated(name: str, schedule: PollSchedule | None = None) -> Row:
+        gate = default_gate(random.Random(args.seed))
+        return run(
+            name, world, args.tasks, args.seed, max_attempts=uncapped, gate=gate, schedule=schedule
+        )[0]
+
+    gate_row = gated("gate")
+    both = gated("gate, learned polls", AdaptivePoll())
     rows = [reference[0], *pools, learned_pool, gate_row, both]
     bound = max(2 * args.tasks / args.rate, args.tasks * SOLVE_SECONDS / args.slots)
     print(

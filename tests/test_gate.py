@@ -49,6 +49,17 @@ def failure(
     )
 
 
+def filled(jobs: int | str, **settings: float) -> AdaptiveConcurrency:
+    """An `AdaptiveConcurrency(**settings)` whose `jobs` (a count, or names) each hold a
+    permit for a task that exists, its limit put back to the one given after their accepts."""
+    slots = AdaptiveConcurrency(**settings)  # type: ignore[arg-type]
+    for job in range(jobs) if isinstance(jobs, int) else jobs:
+        assert slots.acquire(job) is None
+        slots.observe(job, None, sent_at=0.0, now=0.0)
+    slots.limit = settings.get("limit")
+    return slots
+
+
 # -- the parts ---------------------------------------------------------------------------
 
 
@@ -309,7 +320,7 @@ def test_concurrency_decreases_at_once_then_once_per_cooldown(
     for job in range(100):
         slots.acquire(job)
         slots.observe(job, None, sent_at=0.0, now=0.0)
-    slots.limit = 100.0
+    slots.limit = 100.0  # as built, before the accepts grew it
     slots.observe("x", failure(2), sent_at=0.0, now=0.0)
     assert slots.limit == 50.0
     slots.observe("x", failure(2), sent_at=4.0, now=4.9)
@@ -321,11 +332,7 @@ def test_concurrency_decreases_at_once_then_once_per_cooldown(
 def test_concurrency_ignores_refusals_of_requests_sent_before_the_last_decrease() -> None:
     """Once per round, as TCP: a NO_SLOT_AVAILABLE for a request sent before the last
     decrease says nothing about the limit since, however late it arrives."""
-    slots = AdaptiveConcurrency(limit=100.0, decrease=0.5, cooldown=0.0)
-    for job in range(100):
-        slots.acquire(job)
-        slots.observe(job, None, sent_at=0.0, now=0.0)
-    slots.limit = 100.0
+    slots = filled(100, limit=100.0, decrease=0.5, cooldown=0.0)
     slots.observe("x", failure(2), sent_at=10.0, now=10.0)
     assert slots.limit == 50.0
     slots.observe("y", failure(2), sent_at=9.9, now=20.0)
@@ -508,11 +515,7 @@ def test_concurrency_below_one_still_lets_one_task_through() -> None:
 
 def test_concurrency_holds_new_tasks_while_over_a_decreased_limit() -> None:
     """After a decrease leaves more tasks in flight than the limit, new tasks wait."""
-    slots = AdaptiveConcurrency(limit=5.0, decrease=0.5, cooldown=0.0)
-    for job in "abcde":
-        assert slots.acquire(job) is None
-        slots.observe(job, None, sent_at=0.0, now=0.0)
-    slots.limit = 5.0
+    slots = filled("abcde", limit=5.0, decrease=0.5, cooldown=0.0)
     slots.observe("x", failure(2), sent_at=0.0, now=0.0)
     assert slots.limit == 2.5
     assert isinstance(slots.acquire("f"), Hold)
@@ -658,11 +661,7 @@ def test_concurrency_release_wakes_as_many_as_slots_are_free() -> None:
 
 def test_concurrency_release_over_the_limit_wakes_nobody() -> None:
     """While more tasks are in flight than a decreased limit, a release frees no slot."""
-    slots = AdaptiveConcurrency(limit=4.0, decrease=0.5, cooldown=0.0)
-    for job in "abcd":
-        slots.acquire(job)
-        slots.observe(job, None, sent_at=0.0, now=0.0)
-    slots.limit = 4.0
+    slots = filled("abcd", limit=4.0, decrease=0.5, cooldown=0.0)
     slots.acquire("e")
     slots.acquire("f")
     slots.observe("e", failure(2), sent_at=0.0, now=0.0)
@@ -771,10 +770,7 @@ def test_pause_backoff_exponent_stops_at_32_doublings() -> None:
 def test_concurrency_no_slot_caps_the_limit_below_the_tasks_in_flight() -> None:
     """After NO_SLOT_AVAILABLE the limit is at most the tasks created and not finished (the
     service was full with them), and never below `min_limit` (1 by default)."""
-    slots = AdaptiveConcurrency(limit=16.0, decrease=0.9)
-    for job in range(6):
-        slots.acquire(job)
-        slots.observe(job, None, sent_at=0.0, now=0.0)
+    slots = filled(6, limit=16.0, decrease=0.9)
     slots.acquire("x")
     slots.observe("x", failure(2), sent_at=0.0, now=0.0)
     assert slots.limit == 6.0

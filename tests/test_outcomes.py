@@ -30,6 +30,7 @@ from captchaflow.policies import (
     Hold,
     OpenGate,
     Refuse,
+    RetryBudget,
 )
 from captchaflow.transports import (
     AccountSpec,
@@ -184,14 +185,24 @@ def simulate(
     return simulation.run()
 
 
-@settings(max_examples=40)
-@given(scenarios(), arrivals(), st.integers(0, 2**16))
+GATES = {
+    "default": lambda seed: default_gate(random.Random(seed)),
+    "with a retry budget": lambda seed: FleetGate(
+        rng=random.Random(seed), budget=RetryBudget(floor_per_second=3.0)
+    ),
+    "without pacing": lambda seed: FleetGate(rng=random.Random(seed), rate=None),
+}
+
+
+@settings(max_examples=120)
+@given(scenarios(), arrivals(), st.integers(0, 2**16), st.sampled_from(sorted(GATES)))
 def test_every_simulation_ends_within_bounded_steps(
-    scenario: Scenario, times: list[float], seed: int
+    scenario: Scenario, times: list[float], seed: int, gate_name: str
 ) -> None:
-    """Whatever the scenario, a simulation through the default gate ends, every job in a
-    terminal state, after at most MAX_DECISIONS_PER_JOB gate decisions per job."""
-    gate = CountingGate(default_gate(random.Random(seed)), MAX_DECISIONS_PER_JOB * len(times))
+    """Whatever the scenario, a simulation through the default gate (or one with a retry
+    budget, or without pacing) ends, every job in a terminal state, after at most
+    MAX_DECISIONS_PER_JOB gate decisions per job."""
+    gate = CountingGate(GATES[gate_name](seed), MAX_DECISIONS_PER_JOB * len(times))
     report = simulate(scenario, times, gate, seed)
     assert all(job.finished for job in report.jobs)
     assert len(report.finished_at) == len(times)
