@@ -6,7 +6,7 @@ The sans-IO core (`_classify`, `_fsm`, `_job`, `_errors`) imports no I/O library
 
 from ._classify import Accepted, Outcome, Processing, Solved, classify, parse_retry_after
 from ._clock import Clock, SystemClock, VirtualClock
-from ._driver import MoveHook, Waker, drive, log_move
+from ._driver import SEND_GRACE, MoveHook, Waker, drive, log_move
 from ._engine import DEFAULT_TIMEOUT, Engine, EngineOptions, default_gate, solve, solve_many
 from ._errors import (
     BadRequestError,
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_HOLDS_AT_ONE_TIME",
     "MIN_WAIT",
+    "SEND_GRACE",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Accepted",

@@ -15,7 +15,7 @@ from ._clock import Clock
 from ._fsm import Move
 from ._job import Finished, Job, Wait
 
-__all__ = ["MoveHook", "Waker", "drive", "log_move"]
+__all__ = ["SEND_GRACE", "MoveHook", "Waker", "drive", "log_move"]
 
 MoveHook: TypeAlias = Callable[[Job, Move], None]
 """Called once for every move of every job, in order (for logging, metrics, tracing)."""
@@ -116,8 +116,13 @@ async def drive(
             else:
                 request = action.request
                 reply = await _send(transport, request, job.deadline - now)
-                outcome = classify(request.endpoint, reply, wall_time=clock.wall(), secret=job.key)
-                job.feed(outcome, clock.now())
+                if isinstance(reply, TransportBug):
+                    job.feed_bug(clock.now(), reply.reason)
+                else:
+                    outcome = classify(
+                        request.endpoint, reply, wall_time=clock.wall(), secret=job.key
+                    )
+                    job.feed(outcome, clock.now())
                 report()
             if gate is not None and waker is not None:
                 waker.wake(gate.wakeups())
@@ -131,12 +136,34 @@ async def drive(
     return job
 
 
+SEND_GRACE = 0.5
+"""Seconds a transport gets past the job's deadline to report its own timeout before the
+driver cuts the send off (`SentNoReply`): no transport can hold a job past its deadline."""
+
+
+class TransportBug:
+    """A transport raised something that is not a network failure: a bug, not a fault."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 async def _send(
     transport: Transport, request: ApiRequest, timeout: float
-) -> ApiReply | TransportError:
+) -> ApiReply | TransportError | TransportBug:
+    """Send through `transport`, bounded by `timeout` (plus `SEND_GRACE`) of real time
+    whatever the transport does; typed failures and wrapped network errors are outcomes,
+    anything else a bug of the transport."""
+    name = type(transport).__name__
     try:
-        return await transport.send(request, timeout=timeout)
+        with anyio.move_on_after(max(timeout, 0.0) + SEND_GRACE):
+            return await transport.send(request, timeout=timeout)
+        return SentNoReply(f"{name} did not answer within the deadline; the driver cut it off")
     except TransportError as exc:
         return exc
-    except Exception as exc:  # a misbehaving transport must not kill the job
-        return SentNoReply(f"transport raised {type(exc).__name__}: {exc}")
+    except OSError as exc:  # a network error the transport let through unwrapped
+        return SentNoReply(f"{name} raised {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        return TransportBug(f"transport {name} raised {exc!r} (a bug, not a network failure)")

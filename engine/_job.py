@@ -37,6 +37,7 @@ import attrs
 from captchaflow.policies import (
     MIN_POLL_DELAY,
     AccountGate,
+    Admit,
     Failure,
     GiveUp,
     Hold,
@@ -95,6 +96,7 @@ class Finished:
 Action: TypeAlias = Send | Wait | Finished
 
 FINISHED: Final = Finished()
+_GATE_FAILED: Final = object()
 
 MIN_WAIT: Final = 0.001
 """Seconds: the least time any wait of a job lasts (a retry after 0 s, a gate's hold until
@@ -153,6 +155,7 @@ class Job:
         "_held_at",
         "_hold_reason",
         "_holds_at_one_time",
+        "_latest",
         "_next_at",
         "_previous_delay",
         "_processing_at",
@@ -214,6 +217,7 @@ class Job:
         self._processing_at = now
         self._hold_reason: str | None = None
         self._held_at = -math.inf
+        self._latest = now
         self._holds_at_one_time = 0
         self._stale_holds = 0
         self.gate = gate
@@ -252,19 +256,24 @@ class Job:
             return FINISHED
         if self._awaiting is not None:
             raise JobStateError("a reply is still awaited; feed it before asking again")
+        self._advance(now)
         if now >= self.deadline:
             self._fail_deadline(now)
             return FINISHED
         gate = self.gate
         endpoint = Endpoint.CREATE_TASK if self.task_id is None else Endpoint.GET_TASK_RESULT
         if gate is not None:
-            verdict = gate.standing(self, endpoint, now)
-            if verdict is not None and self._held(verdict, now):
+            verdict = self._ask_gate("standing", endpoint, now)
+            if verdict is _GATE_FAILED or (
+                isinstance(verdict, Refuse | Hold) and self._held(verdict, now)
+            ):
                 return FINISHED
         if now < self._next_at:
             return Wait(self._next_at)
         if gate is not None:
-            decision = gate.admit(self, endpoint, retry=self.attempt > 0, now=now)
+            decision = self._ask_gate("admit", endpoint, now)
+            if decision is _GATE_FAILED:
+                return FINISHED
             if isinstance(decision, Refuse | Hold):
                 if self._held(decision, now) or self._stalled(decision, now):
                     return FINISHED
@@ -292,6 +301,7 @@ class Job:
         endpoint = self._awaiting
         if endpoint is None:
             raise JobStateError("no request is awaiting a reply")
+        self._advance(now)
         self._awaiting = None
         if self.gate is not None:
             failure = outcome if isinstance(outcome, Failure) else None
@@ -326,6 +336,16 @@ class Job:
         else:
             self._awaiting = endpoint
             raise JobStateError(f"{type(outcome).__name__} is not a reply to {endpoint.value}")
+
+    def feed_bug(self, now: float, reason: str) -> None:
+        """Tell the job its last request got no outcome because a plug-in (the transport)
+        failed in a way no network does: the job fails at once with `PolicyError`, since
+        resending could bill a task twice and a bug does not heal."""
+        if self._awaiting is None:
+            raise JobStateError("no request is awaiting a reply")
+        self._advance(now)
+        self._awaiting = None
+        self._fail_policy(now, reason)
 
     def cancel(self, now: float, reason: str = "cancelled by the caller") -> bool:
         """Cancel the job unless it has finished; return whether it was cancelled."""
@@ -363,6 +383,41 @@ class Job:
             self._hold_reason = decision.reason
             self._move("hold", now, decision.reason)
         return False
+
+    def _advance(self, now: float) -> None:
+        """Refuse a time before the latest the job was given (a driver's clock must not run
+        backwards: history entries would precede what caused them) or one that is NaN."""
+        if not now >= self._latest:
+            raise JobStateError(
+                f"time went backwards: {now!r} after {self._latest!r} (drivers must feed a "
+                "monotonic clock)"
+            )
+        self._latest = now
+
+    def _ask_gate(self, question: str, endpoint: Endpoint, now: float) -> object:
+        """The gate's `standing` or `admit` answer, checked; `_GATE_FAILED` (the job failed
+        with PolicyError naming the gate) if it raised or answered garbage."""
+        gate = self.gate
+        assert gate is not None
+        try:
+            if question == "standing":
+                answer: object = gate.standing(self, endpoint, now)
+                allowed: tuple[type, ...] = (Refuse, Hold, type(None))
+            else:
+                answer = gate.admit(self, endpoint, retry=self.attempt > 0, now=now)
+                allowed = (Admit, Refuse, Hold)
+        except Exception as exc:
+            self._fail_policy(now, f"gate {type(gate).__name__}.{question} raised {exc!r}")
+            return _GATE_FAILED
+        well_formed = isinstance(answer, allowed) and (
+            not isinstance(answer, Hold) or answer.until is None or _is_seconds(answer.until)
+        )
+        if not well_formed or (
+            isinstance(answer, Refuse) and not isinstance(answer.failure, Failure)
+        ):
+            self._fail_policy(now, f"gate {type(gate).__name__}.{question} answered {answer!r}")
+            return _GATE_FAILED
+        return answer
 
     def _stalled(self, decision: Hold | Refuse, now: float) -> bool:
         """Fail the job (and return True) if the gate keeps it from progressing: a second
@@ -428,7 +483,10 @@ class Job:
         if isinstance(decision, GiveUp):
             self._fail(failure, now, decision.reason)
             return
-        if not isinstance(decision, RetryAfter | Resubmit) or not _is_seconds(decision.delay):
+        if not isinstance(decision, RetryAfter | Resubmit) or not (
+            _is_seconds(decision.delay) and 0 <= decision.delay < math.inf
+        ):
+            # Checked here, not only by the constructors: a forged decision must not pass.
             self._fail_policy(now, f"retry policy {policy} answered {decision!r}")
             return
         # The server's hint is a floor, whatever the policy chose; so is the least step.
@@ -479,6 +537,7 @@ class Job:
         )
 
     def _fail_policy(self, now: float, reason: str) -> None:
+        reason = self.key.redact(reason)  # a plug-in's exception may quote a request
         self._move("fail", now, reason)
         self.error = PolicyError(
             reason, name="POLICY_ERROR", history=self.history, task_id=self.task_id

@@ -265,7 +265,13 @@ class Simulation:
             if gate is not None:
                 for woken in gate.wakeups():
                     other = self._index.get(id(woken))
-                    if other is not None and other not in in_flight and other not in finished_at:
+                    # A job submitted for later is not live yet: its own start timer runs it.
+                    if (
+                        other is not None
+                        and other not in in_flight
+                        and other not in finished_at
+                        and jobs[other].started_at <= now
+                    ):
                         self._timer(now, other)
         if pooled:
             # back to submission order: job i is the i-th task submitted

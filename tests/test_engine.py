@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 import typing
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ import pytest
 
 from captchaflow.engine import (
     ConnectionFailedError,
+    DeadlineExceededError,
     Engine,
     EngineOptions,
     InvalidTaskError,
@@ -19,11 +21,13 @@ from captchaflow.engine import (
     Move,
     NoReplyError,
     PermanentError,
+    PolicyError,
     TaskState,
     VirtualClock,
     drive,
     solve,
 )
+from captchaflow.engine._driver import SEND_GRACE
 from captchaflow.policies import DocumentedPolicy, FixedInterval, NoRetry, OpenGate
 from captchaflow.transports import (
     ApiReply,
@@ -99,12 +103,53 @@ async def test_run_returns_finished_job(secret_key: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_misbehaving_transport_is_an_ambiguous_failure(secret_key: str) -> None:
-    """A transport raising a non-transport exception fails the job as NO_REPLY, typed."""
-    transport = HandlerTransport(scripted([RuntimeError("oops")], [READY]))
+async def test_a_transport_bug_fails_the_job_at_once_naming_the_transport(
+    secret_key: str,
+) -> None:
+    """A transport raising something no network raises (RuntimeError, KeyError: a bug) fails
+    the job at once with PolicyError naming the transport, even with a policy that would
+    retry: resending could bill a createTask twice, and a bug does not heal."""
+    for bug in (RuntimeError("oops"), KeyError("reply")):
+        transport = HandlerTransport(scripted([bug], [READY]))
+        engine = Engine(secret_key, transport=transport, clock=VirtualClock())
+        job = await engine.run(TASK)
+        assert isinstance(job.error, PolicyError) and "HandlerTransport" in str(job.error)
+        assert job.requests_sent == 1
+
+
+@pytest.mark.anyio
+async def test_a_raw_network_error_from_a_transport_is_sent_no_reply(secret_key: str) -> None:
+    """An OSError a transport lets through unwrapped is a network failure: sent, no reply."""
+    transport = HandlerTransport(scripted([ConnectionResetError("reset")], [READY]))
     engine = Engine(secret_key, transport=transport, clock=VirtualClock(), policy=NoRetry())
-    with pytest.raises(NoReplyError, match="oops"):
+    with pytest.raises(NoReplyError, match="reset"):
         await engine.solve(TASK)
+
+
+class HangingTransport:
+    """A transport whose send never returns (and ignores its timeout)."""
+
+    async def send(self, request: ApiRequest, *, timeout: float | None = None) -> ApiReply:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+@pytest.mark.anyio
+async def test_a_hanging_transport_cannot_hold_a_job_past_its_deadline(secret_key: str) -> None:
+    """With the system clock and a 1.5-s deadline, a transport that never answers is cut off
+    by the driver at the deadline (plus SEND_GRACE) as sent-no-reply, and the job ends."""
+    engine = Engine(secret_key, transport=HangingTransport(), timeout=1.5)
+    started = time.monotonic()
+    job = await engine.run(TASK)
+    elapsed = time.monotonic() - started
+    assert job.finished and job.error is not None
+    assert 1.4 <= elapsed <= 1.5 + SEND_GRACE + 0.5
+    assert any("cut it off" in move.cause for move in job.history) or isinstance(
+        job.error, NoReplyError | DeadlineExceededError
+    )
 
 
 @pytest.mark.anyio

@@ -17,7 +17,9 @@ from captchaflow.engine import (
     MAX_HOLDS_AT_ONE_TIME,
     MIN_WAIT,
     Job,
+    JobStateError,
     PolicyError,
+    Processing,
     Simulation,
     VirtualClock,
 )
@@ -234,12 +236,77 @@ def test_retry_delays_that_are_not_numbers_fail_the_job(delay: object) -> None:
 def test_mutant_without_the_progress_rules_spins() -> None:
     """Mutant check: with the least step at 0 and the stall check removed, the gate that
     holds until now keeps the simulation at one instant (it would spin forever; the gate's
-    answer limit stops it)."""
+    answer limit stops it, by raising, which fails the job)."""
     patch = pytest.MonkeyPatch()
     patch.setattr(job_module, "MIN_WAIT", 0.0)
     patch.setattr(job_module.Job, "_stalled", lambda self, decision, now: False)
+    gate = StallingGate(0.0, limit=10_000)
     try:
-        with pytest.raises(TooManyAdmits):
-            simulate(gate=StallingGate(0.0, limit=10_000))
+        job = simulate(gate=gate)
     finally:
         patch.undo()
+    assert gate.asked > 10_000  # the run only ended because the gate itself gave up
+    assert isinstance(job.error, PolicyError) and "TooManyAdmits" in str(job.error)
+
+
+class GarbageGate(StallingGate):
+    """Answers `answer` to every admission, or raises it if it is an exception."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: object) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def admit(self, job: Hashable, endpoint: Endpoint, *, retry: bool, now: float) -> GateDecision:
+        """The configured answer."""
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [None, "admit", Hold(math.nan, "nan"), Hold("soon", "str"), KeyError("bug")],  # type: ignore[arg-type]
+    ids=["none", "str", "nan-hold", "str-hold", "raises"],
+)
+@pytest.mark.parametrize("driver", [simulate, drive_virtual])
+def test_a_gate_answering_garbage_or_raising_fails_the_job(answer: object, driver: Any) -> None:
+    """A gate that raises or answers anything but Admit, Hold (with a number or None) or
+    Refuse fails the job with PolicyError naming the gate; nothing is sent."""
+    job = driver(gate=GarbageGate(answer))
+    assert isinstance(job.error, PolicyError) and "GarbageGate.admit" in str(job.error)
+    assert job.requests_sent == 0
+
+
+@pytest.mark.parametrize("delay", [-1.0, math.nan, math.inf])
+def test_a_forged_retry_decision_fails_the_job(delay: float) -> None:
+    """A RetryAfter forged past its constructor with a negative, NaN or infinite delay is
+    caught by the job itself (PolicyError), not waited on."""
+    forged = object.__new__(RetryAfter)
+    object.__setattr__(forged, "delay", delay)
+    object.__setattr__(forged, "reason", "forged")
+
+    class Forger:
+        def decide(self, failure: Failure, context: RetryContext) -> Decision:
+            return forged
+
+    job = simulate(scenario=ALWAYS_5XX, policy=Forger())
+    assert isinstance(job.error, PolicyError) and "Forger" in str(job.error)
+
+
+def test_time_running_backwards_is_refused() -> None:
+    """A driver that feeds a job a time before one it already gave gets JobStateError."""
+    job = Job(
+        TASK,
+        key=ApiKey(KEY),
+        policy=RetryAtOnce(),
+        schedule=FixedInterval(),
+        now=10.0,
+        timeout=30.0,
+    )
+    with pytest.raises(JobStateError, match="backwards"):
+        job.next_action(9.0)
+    assert job.next_action(10.0) is not None
+    with pytest.raises(JobStateError, match="backwards"):
+        job.feed(Processing(), 9.5)
