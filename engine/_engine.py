@@ -266,13 +266,23 @@ def solve_many(
     with anyio.from_thread.start_blocking_portal(backend) as portal:
         engine = portal.call(functools.partial(_make_engine, key, options))
         try:
-            batch = engine.solve_many(tasks, max_in_flight=max_in_flight)
-            with portal.wrap_async_context_manager(batch) as finished:
+            batch = portal.wrap_async_context_manager(
+                engine.solve_many(tasks, max_in_flight=max_in_flight)
+            )
+            finished = batch.__enter__()
+            try:
                 while True:
                     try:
-                        yield portal.call(finished.receive)
+                        job = portal.call(finished.receive)
                     except anyio.EndOfStream:
                         return
+                    yield job
+            finally:
+                # Leave the batch as a loop that stopped: its jobs are cancelled in the
+                # event loop. Whatever stopped the caller (a KeyboardInterrupt, a break, an
+                # exception in the loop body) is not thrown into the event loop, which would
+                # stop the loop under the cleanup; it is re-raised here, plain, afterwards.
+                batch.__exit__(None, None, None)
         finally:
             portal.call(engine.aclose)
 

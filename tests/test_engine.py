@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import pathlib
+import subprocess
+import sys
 import time
 import typing
 from collections.abc import Callable
@@ -308,3 +311,56 @@ def test_engine_repr_hides_key(secret_key: str) -> None:
     job = engine.job(TASK)
     for text in (repr(engine), repr(job), repr(job.key), str(job.key), f"{job.key}"):
         assert secret_key not in text
+
+
+CTRL_C_SCRIPT = """
+import os, signal, sys, threading
+import anyio
+from captchaflow.engine import solve_many
+from captchaflow.transports import ApiReply, Endpoint, HandlerTransport
+
+cancelled = []
+
+async def slow(request):
+    await anyio.sleep(0.2)
+    if request.endpoint is Endpoint.CREATE_TASK:
+        return ApiReply.json({"taskId": 1})
+    return ApiReply.json({"status": "processing"})
+
+def watch(job, move):
+    if move.trigger == "cancel":
+        cancelled.append(job)
+
+threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    tasks = [{"type": "ImageToTextTask"}] * 5
+    for job in solve_many(
+        tasks, key="sk-ctrl-c-test-key", transport=HandlerTransport(slow), on_move=watch,
+        backend=sys.argv[1],
+    ):
+        print("finished", job.state)
+except KeyboardInterrupt:
+    print(f"KeyboardInterrupt after {len(cancelled)} jobs were cancelled", flush=True)
+    sys.exit(42)
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_in_the_sync_solve_many_loop_is_a_plain_keyboard_interrupt(
+    backend: str, tmp_path: pathlib.Path
+) -> None:
+    """A real SIGINT while a sync `for job in solve_many(...)` loop waits reaches the caller
+    as a plain KeyboardInterrupt, after the in-flight jobs were cancelled, with no traceback
+    (it used to end in `RuntimeError: This portal is not running`)."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 42, proc.stderr
+    assert "KeyboardInterrupt after 5 jobs were cancelled" in proc.stdout
+    assert "Traceback" not in proc.stderr
