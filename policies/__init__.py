@@ -17,6 +17,7 @@ from ._gate import (
     Refuse,
     RetryBudget,
     SharedPause,
+    StartupWindow,
 )
 from ._poll import MIN_POLL_DELAY, AdaptivePoll, FixedInterval, LearningPollSchedule, PollSchedule
 from ._retry import (
@@ -76,5 +77,6 @@ __all__ = [
     "RetryContext",
     "RetryPolicy",
     "SharedPause",
+    "StartupWindow",
     "bucket_of_code",
 ]

@@ -27,6 +27,7 @@ from captchaflow.policies import (
     Refuse,
     RetryBudget,
     SharedPause,
+    StartupWindow,
     bucket_of_code,
 )
 from captchaflow.transports import Endpoint
@@ -151,7 +152,8 @@ def test_concurrency_queues_and_hands_slots_on_in_order() -> None:
 
 def test_concurrency_is_unbounded_until_no_slot_then_caps_at_what_filled_the_service() -> None:
     """No limit until the service says NO_SLOT_AVAILABLE (every job gets a permit); then the
-    limit is the tasks created and not finished, and grows by 1/limit per accepted task."""
+    limit is the tasks created and not finished, and grows by `increase` (0.5) per accepted
+    task."""
     slots = AdaptiveConcurrency()
     for job in range(10):
         assert slots.acquire(job) is None
@@ -161,7 +163,10 @@ def test_concurrency_is_unbounded_until_no_slot_then_caps_at_what_filled_the_ser
     slots.observe(7, failure(2), sent_at=1, now=1)
     assert slots.limit == 6
     slots.observe(6, None, sent_at=2, now=2)
-    assert slots.limit == pytest.approx(6 + 1 / 6)
+    assert slots.limit == 6.5
+    steady = AdaptiveConcurrency(limit=6.0, increase=0.0)
+    steady.observe("a", None, sent_at=2, now=2)
+    assert steady.limit == 6.0
 
 
 def test_concurrency_takes_back_permits_beyond_a_new_limit_from_jobs_without_a_task() -> None:
@@ -677,9 +682,9 @@ def test_gate_task_slot_is_kept_on_success_and_freed_on_a_failed_create() -> Non
     assert isinstance(gate.admit("b", CREATE, retry=False, now=0.0), Hold)
     gate.observe("a", CREATE, None, sent_at=0.0, now=0.1)
     assert gate.wakeups() == []
-    assert gate.concurrency is not None and gate.concurrency.limit == 2.0
+    assert gate.concurrency is not None and gate.concurrency.limit == 1.5
     gate.observe("a", POLL, None, sent_at=0.2, now=0.3)
-    assert gate.concurrency.limit == 2.0
+    assert gate.concurrency.limit == 1.5
     gate.observe("a", CREATE, failure(2), sent_at=0.4, now=0.5)
     assert gate.wakeups() == ["b"]
 
@@ -804,6 +809,7 @@ def test_fleet_gates_compare_by_their_parts_not_their_random_state() -> None:
 
 README = (pathlib.Path(__file__).parents[1] / "README.md").read_text("utf-8")
 PART_DEFAULTS: dict[type[object], dict[str, object]] = {
+    StartupWindow: {"requests": 32, "seconds": 2.0},
     SharedPause: {"base": 1.0, "cap": 30.0},
     CircuitBreaker: {"cooldown": None},
     FailureRateBreaker: {
@@ -817,6 +823,7 @@ PART_DEFAULTS: dict[type[object], dict[str, object]] = {
         "limit": None,
         "min_limit": 1.0,
         "max_limit": 10_000.0,
+        "increase": 0.5,
         "decrease": 0.9,
         "cooldown": 5.0,
     },
@@ -1217,3 +1224,38 @@ def test_default_gate_is_inert_on_a_healthy_account() -> None:
         gate.observe(n, CREATE, None, sent_at=0.0, now=0.05)
         assert gate.admit(n, POLL, retry=True, now=0.1) == Admit()
     assert gate.wakeups() == []
+
+
+# -- StartupWindow -------------------------------------------------------------------------
+
+
+def test_startup_window_holds_a_burst_until_the_first_reply() -> None:
+    """Before the account has answered, 32 requests go and the 33rd waits (until 2 s after
+    the first, or a reply); the first reply opens the window for good and wakes everyone."""
+    gate = FleetGate(rate=None)
+    for n in range(40):
+        gate.register(n, 0.0)
+    decisions = [gate.admit(n, CREATE, retry=False, now=0.0) for n in range(40)]
+    assert decisions[:32] == [Admit()] * 32
+    assert all(d == Hold(2.0, "waiting for the account's first reply") for d in decisions[32:])
+    gate.observe(0, CREATE, None, sent_at=0.0, now=0.05)
+    assert gate.wakeups() == list(range(40))
+    assert all(gate.admit(n, CREATE, retry=False, now=0.06) == Admit() for n in range(32, 40))
+
+
+def test_startup_window_opens_by_itself_after_its_seconds() -> None:
+    """If no reply comes (the first requests hang), the window opens `seconds` after the
+    first request, exactly then."""
+    window = StartupWindow(requests=1, seconds=2.0)
+    assert window.hold(5.0) is None
+    window.spend(5.0)
+    assert window.hold(6.99) == Hold(7.0, "waiting for the account's first reply")
+    assert window.hold(7.0) is None and window.opened
+
+
+def test_startup_window_says_nothing_when_nobody_waited() -> None:
+    """The first reply of a quiet start-up (fewer than `requests` sent) wakes nobody."""
+    window = StartupWindow()
+    window.spend(0.0)
+    assert not window.observe()
+    assert window.opened and not window.observe()
