@@ -35,7 +35,7 @@ from per-request noise, and acts on noise only with evidence:
 - `RetryBudget` (off by default): retries may use at most a share of the traffic.
 
 Every part is inert until its signal arrives, so on a healthy account the default gate sends
-exactly what `OpenGate` sends.
+what `OpenGate` sends (a start-up burst beyond 32 requests waits one round trip).
 
 The gate is sans-IO like the rest of the core: time comes in as arguments, randomness from
 its `rng`.
