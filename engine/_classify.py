@@ -10,13 +10,19 @@ Theory of operation. The engine never looks at bytes. Each exchange ends in exac
 `classify` is total: for any reply (any status, any headers, any bytes) and any
 `TransportError`, it returns an outcome and never raises. The rules, in order:
 
-1. A transport failure maps to its bucket: `NotSent` -> not_sent, `BadReply` -> malformed,
-   anything else (a request that may have been sent) -> ambiguous.
+1. A transport failure maps to its bucket: `CertificateRejected` -> unexpected_http (a
+   configuration error: retrying cannot help), any other `NotSent` -> not_sent, `BadReply`
+   -> malformed (keeping the reply's HTTP status), anything else (a request that may have
+   been sent) -> ambiguous.
 2. A JSON object with a non-zero `code` is an API error, whatever the HTTP status. Its retry
    hint is the larger of `retryAfterSec` and the `Retry-After` header.
 3. Otherwise a non-2xx status is an HTTP failure: 408, 425, 429 and 5xx are transient,
    any other status is unexpected. `Retry-After` (seconds or an HTTP-date) is the hint.
 4. Otherwise the body must have the documented shape for its endpoint, or it is malformed.
+
+Server text never reaches a message with the key in it: a value quoted into a message is
+redacted before it is quoted (`repr` would escape the key out of reach of a plain search),
+and the whole message is redacted again, escape-aware, before it is shortened.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from captchaflow.transports import (
     ApiKey,
     ApiReply,
     BadReply,
+    CertificateRejected,
     Endpoint,
     ErrorCode,
     JsonValue,
@@ -93,7 +100,7 @@ def classify(
         if isinstance(result, TransportError):
             outcome = _classify_transport_error(endpoint, result)
         else:
-            outcome = _classify_reply(endpoint, result, wall_time)
+            outcome = _classify_reply(endpoint, result, wall_time, secret)
     except Exception as exc:  # pragma: no cover - a bug here must not kill a job
         outcome = Failure(Bucket.MALFORMED, "UNCLASSIFIABLE_REPLY", repr(exc), endpoint)
     if isinstance(outcome, Failure):
@@ -108,14 +115,19 @@ def classify(
 
 def _classify_transport_error(endpoint: Endpoint, error: TransportError) -> Failure:
     message = str(error) or type(error).__name__
+    if isinstance(error, CertificateRejected):
+        return Failure(Bucket.UNEXPECTED_HTTP, "TLS_CERTIFICATE_REJECTED", message, endpoint)
     if isinstance(error, NotSent):
         return Failure(Bucket.NOT_SENT, "NOT_SENT", message, endpoint)
     if isinstance(error, BadReply):
-        return Failure(Bucket.MALFORMED, "BAD_REPLY", message, endpoint)
+        status = error.status if isinstance(getattr(error, "status", None), int) else None
+        return Failure(Bucket.MALFORMED, "BAD_REPLY", message, endpoint, http_status=status)
     return Failure(Bucket.AMBIGUOUS, "NO_REPLY", message, endpoint)
 
 
-def _classify_reply(endpoint: Endpoint, reply: ApiReply, wall_time: float | None) -> Outcome:
+def _classify_reply(
+    endpoint: Endpoint, reply: ApiReply, wall_time: float | None, secret: ApiKey | None
+) -> Outcome:
     status = reply.status
     header_hint = parse_retry_after(
         reply.headers.get("retry-after"), reply.headers.get("date"), wall_time
@@ -126,10 +138,10 @@ def _classify_reply(endpoint: Endpoint, reply: ApiReply, wall_time: float | None
         code = _as_code(payload["code"])
         if code is None:
             return _malformed(
-                endpoint, status, f"error code is not an integer: {payload['code']!r}"
+                endpoint, status, f"error code is not an integer: {_quote(payload['code'], secret)}"
             )
         if code != 0:
-            return _api_error(endpoint, status, code, payload, header_hint)
+            return _api_error(endpoint, status, code, payload, header_hint, secret)
 
     if not 200 <= status < 300:
         transient = status in _TRANSIENT_STATUSES or 500 <= status < 600
@@ -167,7 +179,7 @@ def _classify_reply(endpoint: Endpoint, reply: ApiReply, wall_time: float | None
     return _malformed(
         endpoint,
         status,
-        f"unknown task status {state!r}",
+        f"unknown task status {_quote(state, secret)}",
         name="UNKNOWN_STATUS",
     )
 
@@ -178,8 +190,11 @@ def _api_error(
     code: int,
     payload: Mapping[str, JsonValue],
     header_hint: float | None,
+    secret: ApiKey | None,
 ) -> Failure:
     raw_msg = payload.get("msg")
+    if isinstance(raw_msg, str) and secret is not None:
+        raw_msg = secret.redact(raw_msg)  # before its whitespace is folded out of the key's
     server_msg = " ".join(raw_msg.split()) if isinstance(raw_msg, str) else ""
     info = CODE_TABLE.get(code)
     if info is not None:
@@ -295,6 +310,16 @@ def _is_task_id(value: JsonValue) -> TypeGuard[TaskId]:
     if isinstance(value, int):
         return True
     return isinstance(value, str) and 0 < len(value) <= 256 and value.isprintable()
+
+
+def _quote(value: JsonValue, secret: ApiKey | None) -> str:
+    """`value` for a message: a string redacted of `secret` and then quoted, a number as
+    written; an array or object only by its kind (never rendered, so never a fragment)."""
+    if isinstance(value, str):
+        return repr(secret.redact(value) if secret is not None else value)
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    return f"a JSON {'array' if isinstance(value, list) else 'object'}"
 
 
 def _clean(text: str, secret: ApiKey | None) -> str:

@@ -36,9 +36,13 @@ class Bucket(enum.StrEnum):
     TRANSIENT_HTTP = "transient_http"
     """HTTP 408, 425, 429 or 5xx without an API error code."""
     UNEXPECTED_HTTP = "unexpected_http"
-    """Any other non-2xx HTTP status without an API error code (a wrong URL, a redirect)."""
+    """The URL does not lead to the API, and waiting will not change that: any other non-2xx
+    HTTP status without an API error code (a wrong URL, a redirect), or a server whose TLS
+    certificate fails verification."""
     MALFORMED = "malformed"
-    """The service answered, but not with a reply of the documented shape."""
+    """The service answered, but not with a reply of the documented shape (or not with a
+    usable reply at all: too large, compressed). A createTask answered 2xx this way may
+    have created a task: see `Failure.may_have_billed`."""
     NOT_SENT = "not_sent"
     """The request never left (connection refused, connect timeout): safe to send again."""
     AMBIGUOUS = "ambiguous"
@@ -164,5 +168,14 @@ class Failure:
 
     @property
     def may_have_billed(self) -> bool:
-        """True when a createTask may have created a task although no task id came back."""
-        return self.endpoint is Endpoint.CREATE_TASK and self.bucket is Bucket.AMBIGUOUS
+        """True when a createTask may have created (and billed) a task although no usable
+        task id came back: it was sent and no reply came (`AMBIGUOUS`), or the service
+        answered 2xx with a reply that could not be used (`MALFORMED`: no `taskId`, not
+        JSON, compressed, too large). A 2xx is how createTask reports success, so the task
+        most likely exists; an API error code (whatever the status) never bills."""
+        if self.endpoint is not Endpoint.CREATE_TASK:
+            return False
+        if self.bucket is Bucket.AMBIGUOUS:
+            return True
+        status = self.http_status
+        return self.bucket is Bucket.MALFORMED and status is not None and 200 <= status < 300

@@ -21,8 +21,6 @@ from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
-from captchaflow.transports import Endpoint
-
 from ._failure import Bucket, Failure
 
 __all__ = [
@@ -133,8 +131,9 @@ class BackoffPolicy:
     - permanent, bad-request, unknown-code and unexpected-HTTP failures: give up at once;
     - unsolvable (12): resubmit as a new task after `resubmit_delay`, at most
       `max_resubmits` times;
-    - an ambiguous createTask (sent, no reply: the task may exist and be billed): retried
-      like any transient failure, unless `resend_ambiguous_create` is False;
+    - a createTask that may have been billed (`Failure.may_have_billed`: sent and no reply,
+      or answered 2xx with an unusable reply, so the task may exist): retried like any
+      transient failure, unless `resend_ambiguous_create` is False, which gives up instead;
     - everything else (retryable codes, HTTP 429/5xx, malformed replies, network failures):
       retry the same request, at most `max_attempts` attempts in all, waiting the server's
       hint when it gives one and `backoff(context)` otherwise;
@@ -161,11 +160,7 @@ class BackoffPolicy:
                 return GiveUp(f"still unsolvable after {context.resubmits} resubmits")
             delay = max(self.resubmit_delay, failure.retry_after or 0.0)
             return _within_deadline(Resubmit(delay, f"resubmit {context.resubmits + 1}"), context)
-        if (
-            bucket is Bucket.AMBIGUOUS
-            and failure.endpoint is Endpoint.CREATE_TASK
-            and not self.resend_ambiguous_create
-        ):
+        if failure.may_have_billed and not self.resend_ambiguous_create:
             return GiveUp("createTask may have been billed; not sending it again")
         if context.attempt >= self.max_attempts:
             return GiveUp(f"gave up after {context.attempt} attempts")

@@ -29,6 +29,7 @@ from captchaflow.policies import Bucket, Failure, bucket_of_code
 from captchaflow.transports import (
     ApiReply,
     BadReply,
+    CertificateRejected,
     Endpoint,
     ErrorCode,
     NotSent,
@@ -457,12 +458,83 @@ def test_transport_failure_without_message_is_named_by_type() -> None:
     assert failure_of(classify(CREATE, NotSent(""))).message == "NotSent"
 
 
+@pytest.mark.parametrize("status", [None, 199, 200, 204, 299, 300, 404, 502])
 @pytest.mark.parametrize("bucket", list(Bucket))
 @BOTH
-def test_may_have_billed_only_for_ambiguous_create(bucket: Bucket, endpoint: Endpoint) -> None:
-    """`may_have_billed` is True exactly for an ambiguous createTask."""
-    failure = Failure(bucket, "X", "", endpoint)
-    assert failure.may_have_billed is (bucket is Bucket.AMBIGUOUS and endpoint is CREATE)
+def test_may_have_billed_exactly_for_ambiguous_or_unusable_2xx_create(
+    bucket: Bucket, endpoint: Endpoint, status: int | None
+) -> None:
+    """`may_have_billed` is True exactly for a createTask that is ambiguous, or malformed
+    with a 2xx status (the service said yes, we could not read the task id)."""
+    failure = Failure(bucket, "X", "", endpoint, http_status=status)
+    answered_yes = bucket is Bucket.MALFORMED and status is not None and 200 <= status < 300
+    expected = endpoint is CREATE and (bucket is Bucket.AMBIGUOUS or answered_yes)
+    assert failure.may_have_billed is expected
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "name"),
+    [
+        (b'{"taskId": null}', {}, "MISSING_TASK_ID"),
+        (b'{"taskId": ""}', {}, "MISSING_TASK_ID"),
+        (b"{}", {}, "MISSING_TASK_ID"),
+        (
+            b"<html><title>Just a moment...</title></html>",
+            {"content-type": "text/html"},
+            "NON_JSON_REPLY",
+        ),
+        (b"", {}, "NON_JSON_REPLY"),
+        (b'["taskId", 7]', {}, "WRONG_SHAPE"),
+    ],
+    ids=["null-task-id", "empty-task-id", "no-task-id", "html-page", "empty", "array"],
+)
+@pytest.mark.parametrize("status", [200, 201])
+def test_unusable_2xx_create_may_have_billed(
+    body: bytes, headers: dict[str, str], name: str, status: int
+) -> None:
+    """A createTask answered 2xx with a reply we cannot use stays MALFORMED, keeps its
+    status, and may have billed; the same reply to getTaskResult cannot have."""
+    failure = failure_of(classify(CREATE, ApiReply(status, body, headers)))
+    assert (failure.bucket, failure.name, failure.http_status) == (Bucket.MALFORMED, name, status)
+    assert failure.may_have_billed
+    if name != "MISSING_TASK_ID":
+        polled = failure_of(classify(RESULT, ApiReply(status, body, headers)))
+        assert polled.bucket is Bucket.MALFORMED and not polled.may_have_billed
+
+
+def test_api_error_on_2xx_create_has_not_billed() -> None:
+    """An API error code is a refusal, whatever the status: a 200 `{"code": 16}` bills
+    nothing, and neither does a non-2xx reply without a task id."""
+    assert not failure_of(classify(CREATE, reply({"code": 16}))).may_have_billed
+    assert not failure_of(classify(CREATE, ApiReply(502, b"<html>"))).may_have_billed
+
+
+@BOTH
+@pytest.mark.parametrize("status", [None, 200, 502])
+def test_bad_reply_keeps_its_status(endpoint: Endpoint, status: int | None) -> None:
+    """A `BadReply` (oversized, compressed) is MALFORMED with the reply's status when the
+    transport read one, so a 2xx to createTask may have billed."""
+    failure = failure_of(
+        classify(endpoint, BadReply("unrequested content-encoding", status=status))
+    )
+    assert (failure.bucket, failure.name, failure.http_status) == (
+        Bucket.MALFORMED,
+        "BAD_REPLY",
+        status,
+    )
+    assert failure.may_have_billed is (endpoint is CREATE and status == 200)
+
+
+@BOTH
+def test_rejected_certificate_is_unexpected_not_retried(endpoint: Endpoint) -> None:
+    """A TLS certificate that fails verification is a configuration error: UNEXPECTED_HTTP
+    (which no built-in policy retries), named TLS_CERTIFICATE_REJECTED, never billed."""
+    error = CertificateRejected("the TLS certificate of h failed verification")
+    assert isinstance(error, NotSent)
+    failure = failure_of(classify(endpoint, error))
+    assert (failure.bucket, failure.name) == (Bucket.UNEXPECTED_HTTP, "TLS_CERTIFICATE_REJECTED")
+    assert failure.message == error.message
+    assert not failure.may_have_billed
 
 
 # --- messages --------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ In each cell the first request to the cell's phase (`createTask` or `getTaskResu
 the cell's fault, served byte by byte by a scripted raw-socket server on 127.0.0.1
 (`raw_api.RawAPI`), and every later request succeeds, so "retried, then solved" is
 observable. The client is the real thing: `Engine` over `HttpxTransport`, with the default
-retry policy (`DocumentedPolicy`, seeded) and account gate, and a 50 ms poll. A refused
+retry policy (`DocumentedPolicy`, seeded, given the cell's `policy` options: the `-no-resend`
+cells opt out of resending a createTask that may have been billed) and account gate, and a
+50 ms poll. A refused
 connection is a port that is bound but not listening, and starts listening once the engine
 has decided to retry.
 
@@ -16,6 +18,7 @@ row of the table.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import pathlib
 import random
@@ -94,8 +97,11 @@ def fault_step(fault: dict[str, Any]) -> Step:
             http_reply(status, page, headers, retry_after_date=1 if how == "date" else None)
         )
     if kind == "body":
-        body = fault["body"].encode()
-        return Send(http_reply(200, body, {"Content-Type": fault["content_type"]}))
+        body, headers = fault["body"].encode(), {"Content-Type": fault["content_type"]}
+        if "encoding" in fault:  # as a proxy that compresses whatever passes would
+            assert fault["encoding"] == "gzip"
+            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+        return Send(http_reply(200, body, headers))
     if kind == "huge_body":
         size, block = fault["bytes"], b"x" * 65536
         if fault["framing"] == "chunked":
@@ -170,7 +176,7 @@ def engine_for(cell: dict[str, Any], server: RawAPI) -> Engine:
     return Engine(
         KEY,
         transport=transport,
-        policy=DocumentedPolicy(rng=random.Random(0)),
+        policy=DocumentedPolicy(rng=random.Random(0), **cell.get("policy", {})),
         poll_schedule=FixedInterval(interval=0.05),
         timeout=cell["timeout"],
         on_move=on_move,
@@ -260,6 +266,7 @@ def test_cell(cell: dict[str, Any], matrix: dict[str, Record]) -> None:
         else {"error": type(job.error).__name__, "name": getattr(job.error, "name", None)},
         "requests": record.requests(),
         "billed": billed(cell, record),
+        "may_have_billed": failure.may_have_billed,
     }
     assert seen == {key: expect[key] for key in seen}
     if job.solution is not None:
@@ -298,6 +305,15 @@ OTHER_FAULTS = (
     "body-cut-short",
     "very-slow-body",
 )
+CREATE_ONLY_FAULTS = (
+    "null-task-id-after-acting",
+    "html-page-after-acting",
+    "gzip-json-after-acting",
+)
+"""createTask answered 2xx with a reply that cannot be used, after the server created the
+task: possibly billed, so resent by default and given up on with the opt-out."""
+NO_RESEND_FAULTS = (*CREATE_ONLY_FAULTS, "timeout-after-acting", "refused")
+"""createTask faults also run with `resend_ambiguous_create=False` (the `-no-resend` cells)."""
 
 
 def code_name(code: int) -> str:
@@ -314,7 +330,9 @@ def required_cells() -> set[str]:
     for status in HTTP_STATUSES:
         for how in ("no-retry-after", "retry-after-seconds", "retry-after-date"):
             tags.add(f"http-{status}-{how}")
-    return {f"{phase}-{tag}" for phase in PHASES for tag in tags}
+    names = {f"{phase}-{tag}" for phase in PHASES for tag in tags}
+    names |= {f"createTask-{tag}" for tag in CREATE_ONLY_FAULTS}
+    return names | {f"createTask-{tag}-no-resend" for tag in NO_RESEND_FAULTS}
 
 
 def name_of(cell: dict[str, Any]) -> str:
@@ -338,6 +356,7 @@ def name_of(cell: dict[str, Any]) -> str:
         tag = "timeout-after-acting" if fault["server_acted"] else "timeout-before-acting"
     elif kind == "body":
         tag = fault["what"]
+        assert tag.endswith("-after-acting") == fault.get("server_acted", False), tag
     elif kind == "huge_body":
         tag = f"huge-body-{fault['framing']}"
     else:
@@ -347,6 +366,8 @@ def name_of(cell: dict[str, Any]) -> str:
             "short_body": "body-cut-short",
             "slow_body": "very-slow-body",
         }[kind]
+    if cell.get("policy", {}).get("resend_ambiguous_create") is False:
+        tag += "-no-resend"
     return f"{cell['phase']}-{tag}"
 
 
@@ -363,6 +384,9 @@ def test_table_covers_exactly_the_required_cells() -> None:
         hinted_retry = expect["retried"] and expect["retry_after"] is not None
         assert (expect["min_wait"] is not None) == hinted_retry, cell["name"]
         assert expect["retried"] == (expect["outcome"] == "solved"), cell["name"]
+        assert set(cell.get("policy", {})) <= {"resend_ambiguous_create"}, cell["name"]
+        if expect["may_have_billed"] and cell.get("policy"):  # the opt-out gives up on it
+            assert not expect["retried"], cell["name"]
 
 
 def test_table_states_the_setup_the_cells_run_with() -> None:

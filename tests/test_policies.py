@@ -216,6 +216,40 @@ def test_ambiguous_create_not_resent_when_disabled() -> None:
     assert isinstance(default.decide(fail(Bucket.AMBIGUOUS, CREATE), ctx()), RetryAfter)
 
 
+@pytest.mark.parametrize("status", [200, 201, 204, 299])
+def test_unusable_2xx_create_not_resent_when_disabled(status: int) -> None:
+    """With resend_ambiguous_create=False a createTask answered 2xx with an unusable reply
+    (no taskId, HTML, compressed) gives up, as it may have been billed; by default it is
+    retried, and so is the same reply to getTaskResult."""
+    billed = Failure(Bucket.MALFORMED, "MISSING_TASK_ID", "", CREATE, http_status=status)
+    assert billed.may_have_billed
+    policy = DocumentedPolicy(resend_ambiguous_create=False)
+    decision = policy.decide(billed, ctx())
+    assert isinstance(decision, GiveUp) and "billed" in decision.reason
+    assert isinstance(DocumentedPolicy().decide(billed, ctx()), RetryAfter)
+    poll = attrs.evolve(billed, endpoint=RESULT)
+    assert isinstance(policy.decide(poll, ctx()), RetryAfter)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        Failure(Bucket.MALFORMED, "BAD_REPLY", "", CREATE),  # no reply status was read
+        Failure(Bucket.MALFORMED, "NON_JSON_REPLY", "", CREATE, http_status=302),
+        Failure(Bucket.TRANSIENT_HTTP, "HTTP_502", "", CREATE, http_status=502),
+        Failure(Bucket.RETRYABLE, "RATE_LIMITED", "", CREATE, code=16, http_status=200),
+        Failure(Bucket.NOT_SENT, "NOT_SENT", "", CREATE),
+    ],
+    ids=["bad-reply-no-status", "malformed-302", "http-502", "code-16-on-200", "not-sent"],
+)
+def test_opt_out_still_retries_what_cannot_have_billed(failure: Failure) -> None:
+    """The opt-out gives up only on what may have billed: an API error, a non-2xx status or
+    an unsent request is retried as usual."""
+    assert not failure.may_have_billed
+    policy = DocumentedPolicy(resend_ambiguous_create=False)
+    assert isinstance(policy.decide(failure, ctx()), RetryAfter)
+
+
 @pytest.mark.parametrize(
     ("failure", "context"),
     [

@@ -1,5 +1,6 @@
 """The provider's own example client solves a task against `captchaflow serve-sim`, run as a
-real subprocess on 127.0.0.1 (the client is tests/provider_example_client.py, verbatim)."""
+real subprocess on 127.0.0.1 (the client is tests/provider_example_client.py, verbatim: held
+to the provider's page, shipped as tests/fixtures/nocaptcha-error-handling.txt)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from types import ModuleType
 import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
+PAGE = ROOT / "tests" / "fixtures" / "nocaptcha-error-handling.txt"
+"""The provider's Error Handling page, as text, shipped with the tests."""
 REFERENCE = ROOT.parent / "shared" / "reference" / "nocaptcha-error-handling.txt"
+"""The team's copy of the page, beside some checkouts (not in CI)."""
 CLIENT_FILE = ROOT / "tests" / "provider_example_client.py"
 KEY = "provider-example-key"
 _EXE = shutil.which("captchaflow")
@@ -140,8 +144,14 @@ def test_serve_sim_usage_error_from_the_real_command() -> None:
 
 def test_provider_example_is_verbatim() -> None:
     """tests/provider_example_client.py is the page's example, unchanged below its header."""
-    if not REFERENCE.exists():
-        pytest.skip(f"{REFERENCE} is not beside this checkout")
     code = CLIENT_FILE.read_text().split("# fmt: off\n\n", 1)[1]
     assert code.startswith("import time\n") and code.endswith("    print(solution)\n")
-    assert code in REFERENCE.read_text()
+    assert code in PAGE.read_text()
+
+
+def test_shipped_page_is_the_reference_copy() -> None:
+    """The page shipped in tests/fixtures is the team's reference copy, where one is beside
+    the checkout (so the fixture cannot drift from what the team reads)."""
+    if not REFERENCE.exists():
+        pytest.skip(f"{REFERENCE} is not beside this checkout")
+    assert PAGE.read_bytes() == REFERENCE.read_bytes()

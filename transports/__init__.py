@@ -3,7 +3,15 @@ the httpx transport, and the simulated service with its scenarios and its HTTP s
 
 This layer imports nothing from `captchaflow.policies` or `captchaflow.engine`."""
 
-from ._base import BadReply, HandlerTransport, NotSent, SentNoReply, Transport, TransportError
+from ._base import (
+    BadReply,
+    CertificateRejected,
+    HandlerTransport,
+    NotSent,
+    SentNoReply,
+    Transport,
+    TransportError,
+)
 from ._httpx import (
     DEFAULT_BASE_URL,
     HttpxTransport,
@@ -42,6 +50,7 @@ __all__ = [
     "ApiReply",
     "ApiRequest",
     "BadReply",
+    "CertificateRejected",
     "Endpoint",
     "ErrorCode",
     "Exchange",

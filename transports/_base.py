@@ -4,13 +4,16 @@ A transport moves one `ApiRequest` to the service and brings back one `ApiReply`
 cannot, it raises exactly one of three failures, which tell the engine what the service may
 have seen:
 
-- `NotSent`: the request never left (connection refused, DNS failure, connect timeout). Safe
-  to send again; nothing was created or billed.
+- `NotSent`: the request never left (connection refused, DNS failure, connect timeout, or
+  the deadline cut the connect short). Safe to send again; nothing was created or billed.
+  Its subclass `CertificateRejected` says sending again cannot help: the server's TLS
+  certificate failed verification, a configuration error the engine fails on at once.
 - `SentNoReply`: the request may have reached the service, but no complete reply came back
   (read timeout, connection reset). For createTask this is *ambiguous*: the task may exist
   and be billed.
 - `BadReply`: the service answered with something that is not a usable HTTP reply (too
-  large, broken framing).
+  large, an encoding we did not ask for, broken framing). Its `status` is the reply's HTTP
+  status when one was read: a createTask answered 2xx may have created (and billed) a task.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ._wire import ApiReply, ApiRequest
 
 __all__ = [
     "BadReply",
+    "CertificateRejected",
     "HandlerTransport",
     "NotSent",
     "SentNoReply",
@@ -48,12 +52,22 @@ class NotSent(TransportError):
     sent = False
 
 
+class CertificateRejected(NotSent):
+    """The server's TLS certificate failed verification: nothing was sent, and sending
+    again cannot succeed until the base URL or the trusted certificates change."""
+
+
 class SentNoReply(TransportError):
     """The request may have reached the service, and no complete reply arrived."""
 
 
 class BadReply(TransportError):
-    """The service answered, but not with a usable reply (oversized or broken framing)."""
+    """The service answered, but not with a usable reply (oversized, wrongly encoded or
+    broken framing); `status` is the reply's HTTP status if it was read, else None."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 import attrs
 
@@ -61,15 +61,45 @@ def _lower_keys(headers: Mapping[str, str]) -> Mapping[str, str]:
     return {name.lower(): value for name, value in headers.items()}
 
 
+def _quoted_forms(text: str) -> set[str]:
+    """How `text` reads inside a quoted string: Python `repr` (its quote choice escapes `'`
+    or not), `ascii`, and JSON (ASCII-escaped or not), each without the quotes."""
+    forms = {
+        repr(text + '"')[1:-2],  # both quotes in the string: repr quotes with ' and escapes it
+        ascii(text + '"')[1:-2],
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+    }
+    if '"' not in text:
+        forms.add(repr(text + "'")[1:-2])  # repr quotes with " and leaves ' alone
+        forms.add(ascii(text + "'")[1:-2])
+    return forms
+
+
+def _secret_forms(secret: str) -> tuple[str, ...]:
+    """The secret as written, quoted once and quoted twice (a repr of a message that already
+    quoted it), longest first so a longer form is replaced whole before a shorter one."""
+    once = _quoted_forms(secret)
+    twice = set().union(*(_quoted_forms(form) for form in once))
+    return tuple(sorted({secret} | once | twice, key=lambda form: (-len(form), form)))
+
+
 @attrs.frozen(repr=False)
 class ApiKey:
     """An account key that never shows itself: `repr`, `str` and format all print a mask.
 
     Equality compares the secret, so two keys for one account are equal; `reveal()` is the
-    only way to read it, and only transports call it.
+    only way to read it, and only transports call it. `redact()` removes it from text,
+    written as is or escaped by `repr`/JSON quoting, once it is at least
+    `MIN_REDACTED_LENGTH` characters long.
     """
 
+    MIN_REDACTED_LENGTH: ClassVar[int] = 8
+    """Shorter keys are not redacted from text: no real key is that short, and replacing
+    every `k` of a one-letter test key would mangle every message."""
+
     _secret: str = attrs.field(alias="secret")
+    _forms: tuple[str, ...] = attrs.field(init=False, eq=False, repr=False)
 
     @_secret.validator
     def _check(self, _attribute: attrs.Attribute[str], value: str) -> None:
@@ -78,13 +108,26 @@ class ApiKey:
         if not value or value != value.strip():
             raise ValueError("an API key must be non-empty, without surrounding whitespace")
 
+    @_forms.default
+    def _derive_forms(self) -> tuple[str, ...]:
+        secret = self._secret
+        if not isinstance(secret, str) or len(secret) < self.MIN_REDACTED_LENGTH:
+            return ()  # not a key worth redacting (or not a str: the validator says so)
+        return _secret_forms(secret)
+
     def reveal(self) -> str:
         """Return the secret itself, for putting on the wire."""
         return self._secret
 
     def redact(self, text: str) -> str:
-        """Return `text` with every occurrence of the secret replaced by `***`."""
-        return text.replace(self._secret, "***") if self._secret in text else text
+        """Return `text` with every occurrence of the secret replaced by `***`: as written,
+        and as `repr` or JSON would have escaped it (once or twice) inside a quoted string.
+
+        A key shorter than `MIN_REDACTED_LENGTH` is left in place (see there)."""
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, "***")
+        return text
 
     def __repr__(self) -> str:
         return _MASK
