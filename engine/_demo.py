@@ -20,6 +20,7 @@ from captchaflow.transports import (
 
 from ._engine import DEFAULT_TIMEOUT, default_gate
 from ._simulation import Simulation, SimulationReport
+from ._words import counted
 
 __all__ = ["DEMO_TASK", "demo_scenario", "format_failures", "format_summary", "run_demo"]
 
@@ -99,19 +100,21 @@ def format_summary(report: SimulationReport, wall_seconds: float, *, seed: int) 
     resubmits = sum(job.resubmits for job in report.jobs)
     p50, p95 = report.percentile(0.50), report.percentile(0.95)
     endpoint_names = {k.lstrip("/"): v for k, v in stats.requests.items()}
+    waits = counted(report.retries(), "wait after failures", "waits after failures")
     lines = [
-        f"captchaflow demo: {len(report.jobs)} tasks, seed {seed}: "
+        f"captchaflow demo: {counted(len(report.jobs), 'task')}, seed {seed}: "
         f"{report.end:.1f} s of service time simulated in {wall_seconds:.3f} s",
         _row("final states", report.states()),
         _row("failures", report.errors()),
         _row("requests", endpoint_names) + f" · total {sum(stats.requests.values())}",
         _row("API errors", _labels(report, api_errors=True)),
         _row("network faults", _labels(report, api_errors=False)),
-        f"{'retries':<22}{report.retries()} waits after failures, {resubmits} resubmits",
+        f"{'retries':<22}{waits}, {counted(resubmits, 'resubmit')}",
         f"{'polls per solved task':<22}" + (f"{polls / len(solved):.2f}" if solved else "n/a"),
         f"{'time to solution':<22}"
         + (f"p50 {p50:.1f} s · p95 {p95:.1f} s" if p50 is not None and p95 is not None else "n/a"),
-        f"{'billed':<22}{stats.tasks_created} tasks, {stats.tasks_billed_unseen} of them "
+        f"{'billed':<22}{counted(stats.tasks_created, 'task')}, "
+        f"{stats.tasks_billed_unseen} of them "
         "with the reply lost or mangled",
     ]
     return "\n".join(lines)
@@ -136,4 +139,5 @@ def format_failures(report: SimulationReport) -> str | None:
     if not errors:
         return None
     failed = sum(errors.values())
-    return f"captchaflow demo: {failed} of {len(report.jobs)} tasks failed: {_joined(errors)}"
+    total = counted(len(report.jobs), "task")
+    return f"captchaflow demo: {failed} of {total} failed: {_joined(errors)}"

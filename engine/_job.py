@@ -61,6 +61,7 @@ from ._errors import (
     error_class_for,
 )
 from ._fsm import INITIAL_STATE, TERMINAL_STATES, Move, TaskState, fire
+from ._words import counted
 
 __all__ = [
     "MAX_HOLDS_AT_ONE_TIME",
@@ -323,7 +324,7 @@ class Job:
             self._schedule_poll(now)
         elif isinstance(outcome, Solved) and endpoint is Endpoint.GET_TASK_RESULT:
             self.solution = outcome.solution
-            self._move("solve", now, f"solved after {self.polls} polls")
+            self._move("solve", now, f"solved after {counted(self.polls, 'poll')}")
             # For any schedule whose observe_solved is a method, what isinstance(schedule,
             # LearningPollSchedule) decides, about 150 times faster than a runtime Protocol
             # check (which showed in the simulation's profile).

@@ -200,7 +200,7 @@ async def test_default_hook_logs_moves_without_key(
     messages = [r.getMessage() for r in caplog.records if r.name == "captchaflow"]
     assert messages == [
         "task 9: submitted -> polling [accept] task 9 accepted",
-        "task 9: polling -> ready [solve] solved after 1 polls",
+        "task 9: polling -> ready [solve] solved after 1 poll",
     ]
     assert all(secret_key not in m for m in messages)
 
