@@ -48,10 +48,11 @@ from captchaflow.transports import (
 )
 
 from ._demo import format_failures, format_summary, run_demo
+from ._driver import MoveHook, log_move
 from ._engine import DEFAULT_TIMEOUT, solve
 from ._errors import CaptchaflowError, MalformedReplyError
-from ._fsm import machine_dot
-from ._job import validate_task
+from ._fsm import Move, machine_dot
+from ._job import Job, validate_task
 
 __all__ = [
     "EXIT_USAGE",
@@ -462,6 +463,25 @@ class TerminalFormatter(logging.Formatter):
         return printable(" ".join(self._key.redact(super().format(record)).split()))
 
 
+def _warn_unresolved_host(key: ApiKey) -> MoveHook:
+    """The move hook of `solve`: logs every move (for `-v`) and, the first time a request
+    fails because the host cannot be resolved, says so on stderr at once, instead of
+    retrying in silence until the deadline."""
+    warned = False
+
+    def hook(job: Job, move: Move) -> None:
+        nonlocal warned
+        log_move(job, move)
+        failure = job.last_failure
+        if warned or move.trigger != "defer" or failure is None:
+            return
+        if failure.message.startswith("cannot resolve host"):
+            warned = True
+            _fail(f"warning: {failure.message}; retrying until the deadline", 0, key)
+
+    return hook
+
+
 def _solve(args: argparse.Namespace) -> int:
     task = _read_task(args)
     key = _read_key(args.key_file, allow_shared=args.allow_shared_key_file)
@@ -472,7 +492,13 @@ def _solve(args: argparse.Namespace) -> int:
         logging.getLogger("captchaflow").addHandler(handler)
         logging.getLogger("captchaflow").setLevel(logging.DEBUG)
     try:
-        solution = solve(task, key=key, base_url=base_url, timeout=args.timeout)
+        solution = solve(
+            task,
+            key=key,
+            base_url=base_url,
+            timeout=args.timeout,
+            on_move=_warn_unresolved_host(key),
+        )
     except CaptchaflowError as exc:
         return _fail(exc.summary(), exc.exit_code, key)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from stub_api import StubAPI, accepted, error, raw, ready
@@ -101,3 +102,26 @@ def test_finite_extremes_still_print_as_strict_json() -> None:
 def refuse_constant(name: str) -> object:
     """`json.loads` hook: fail on the non-standard constants NaN, Infinity, -Infinity."""
     raise AssertionError(f"not strict JSON: {name}")
+
+
+def test_unresolvable_host_is_said_once_on_stderr_at_the_first_failure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When the host cannot be resolved, `solve` says so on stderr once, at the first
+    failure (not only when it gives up at the deadline), then its one error line."""
+    import socket
+
+    from captchaflow.engine import cli
+
+    def no_dns(host: object, *args: object, **kwargs: object) -> object:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setenv("NOCAPTCHA_API_KEY", "sk-dns-test-key-1234")
+    code = cli.main(["solve", "--task", '{"type": "ImageToTextTask"}', "--timeout", "4"])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 6
+    warnings = [line for line in err if line.startswith("captchaflow: warning: cannot resolve")]
+    assert len(warnings) == 1, err
+    assert "api.nocaptchaai.com" in warnings[0] and "retrying until the deadline" in warnings[0]
+    assert len(err) == 2  # the warning, then the error line
