@@ -410,6 +410,11 @@ class Job:
         except Exception as exc:
             self._fail_policy(now, f"gate {type(gate).__name__}.{question} raised {exc!r}")
             return _GATE_FAILED
+        # The common answers first (this runs before every request).
+        if answer is None and question == "standing":
+            return None
+        if type(answer) is Admit and question == "admit":
+            return answer
         well_formed = isinstance(answer, allowed) and (
             not isinstance(answer, Hold) or answer.until is None or _is_seconds(answer.until)
         )

@@ -306,17 +306,23 @@ class SharedPause:
 
     def hold(self, job: Hashable, endpoint: Endpoint, now: float) -> Hold | None:
         """The hold that applies to `job`'s request on `endpoint` now, if any."""
-        held = self.account.hold(job, now, f"account paused: {_name(self.account.cause)}")
-        if held is None and endpoint is _CREATE:
-            held = self.quota.hold(job, now, f"new tasks paused: {_name(self.quota.cause)}")
-        return held
+        account, quota = self.account, self.quota
+        # The labels are built only for a hold (this runs before every request).
+        if account.active(now):
+            held = account.hold(job, now, f"account paused: {_name(account.cause)}")
+            if held is not None:
+                return held
+        if endpoint is _CREATE and quota.active(now):
+            return quota.hold(job, now, f"new tasks paused: {_name(quota.cause)}")
+        return None
 
     def timed(self, endpoint: Endpoint, now: float) -> Hold | None:
         """The hold with a known end that applies on `endpoint` now (no side effects)."""
-        held = self.account.timed(now, f"account paused: {_name(self.account.cause)}")
-        if held is None and endpoint is _CREATE:
-            held = self.quota.timed(now, f"new tasks paused: {_name(self.quota.cause)}")
-        return held
+        if now < self.account.until:
+            return self.account.timed(now, f"account paused: {_name(self.account.cause)}")
+        if endpoint is _CREATE and now < self.quota.until:
+            return self.quota.timed(now, f"new tasks paused: {_name(self.quota.cause)}")
+        return None
 
     def claim(self, job: Hashable, endpoint: Endpoint, now: float) -> None:
         """`job` sends now: take the probe slots that are due."""
@@ -410,12 +416,16 @@ class FailureRateBreaker:
     def hold(self, job: Hashable, endpoint: Endpoint, now: float) -> Hold | None:
         """The hold on `job`'s request to `endpoint` now, if the endpoint is paused."""
         pause = self.pauses.get(endpoint)
-        return None if pause is None else pause.hold(job, now, self._label(endpoint, pause))
+        if pause is None or not pause.active(now):
+            return None
+        return pause.hold(job, now, self._label(endpoint, pause))
 
     def timed(self, endpoint: Endpoint, now: float) -> Hold | None:
         """The hold with a known end on `endpoint` now (no side effects)."""
         pause = self.pauses.get(endpoint)
-        return None if pause is None else pause.timed(now, self._label(endpoint, pause))
+        if pause is None or now >= pause.until:
+            return None
+        return pause.timed(now, self._label(endpoint, pause))
 
     def claim(self, job: Hashable, endpoint: Endpoint, now: float) -> None:
         """`job` sends to `endpoint` now: it becomes the probe if one is due."""
