@@ -6,9 +6,11 @@ one request sent at time `now`, and returns an `Exchange`: the reply (or the fai
 client sees) and how long after `now` the client sees it. The same object serves the
 in-process `SimulatedTransport`, the discrete-event driver and `captchaflow serve-sim`.
 
-One `random.Random(seed)` drives every draw (solve times, unsolvable tasks, faults,
-solutions), consumed in request order, so the same scenario, seed and request sequence give
-the same replies, byte for byte.
+Two streams seeded by `seed` drive every draw: one the network's faults, consumed in request
+order; one each created task's solve time, solvability and solution, consumed in creation
+order (so two clients that create tasks in the same order get the same tasks whatever faults
+their other requests met). The same scenario, seed and request sequence give the same
+replies, byte for byte.
 
 Precedence for one request (the first that applies answers):
 1. a network fault before the service (refused, lost request, gateway 429/5xx);
@@ -168,6 +170,12 @@ class SimulatedAPI:
         self.scenario = scenario if scenario is not None else Scenario()
         self.seed = seed
         self.rng = random.Random(seed)
+        """Draws the network's faults, in request order."""
+        self.task_rng = random.Random(f"tasks-{seed}")
+        """Draws each created task's solve time, solvability and solution, in creation order:
+        a stream of its own, so two clients that create tasks in the same order get the same
+        tasks whatever faults their other requests met (common random numbers, which keeps
+        comparisons of strategies on one seed from being mostly noise)."""
         self.stats = SimStats()
         self.log: list[SimRequest] = []
         self.keep_log = keep_log
@@ -346,7 +354,7 @@ class SimulatedAPI:
 
     def _new_task(self, task_type: str, account: _Account, now: float) -> int:
         kind = self.scenario.task_type(task_type)
-        rng = self.rng
+        rng = self.task_rng
         solve = kind.solve_seconds + rng.uniform(-kind.solve_spread, kind.solve_spread)
         solve_at = now + max(kind.min_solve_seconds, solve)
         unsolvable = rng.random() < kind.unsolvable_rate
