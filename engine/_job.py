@@ -374,11 +374,11 @@ class Job:
             self._fail(decision.failure, now, decision.reason)
             return True
         until = decision.until
-        if until is not None and until > self.deadline:
-            if decision.cause is not None:
-                self._fail(decision.cause, now, f"{decision.reason}, past the deadline")
-            else:
-                self._fail_deadline(now, f"{decision.reason}, past the deadline")
+        if until is not None and until > self.deadline and decision.cause is not None:
+            # A failure behind the hold (a quota, an outage) that outlasts the deadline: fail
+            # now with it. A hold without one (pacing, a start-up window) may end sooner, on a
+            # wake-up: the job waits, and fails at its deadline if nothing changed.
+            self._fail(decision.cause, now, f"{decision.reason}, past the deadline")
             return True
         if decision.reason != self._hold_reason:  # record each new reason to wait, once
             self._hold_reason = decision.reason

@@ -286,12 +286,21 @@ class SharedPause:
         return self.account.until
 
     def observe(
-        self, endpoint: Endpoint, failure: Failure | None, now: float, rng: random.Random
+        self,
+        endpoint: Endpoint,
+        failure: Failure | None,
+        now: float,
+        rng: random.Random,
+        *,
+        job: Hashable | None = None,
     ) -> bool:
-        """Update the pauses; return True when jobs must be woken to see the change."""
+        """Update the pauses (`job`: whose reply it is); return True when jobs must be woken
+        to see the change."""
         if failure is None or not self.pausing(failure):
             if failure is not None and failure.bucket in _NOISE:
-                return False  # says nothing about the account either way
+                # Says nothing about the account; but a probe that met noise gives its slot
+                # up, so the others do not wait out its own backoff.
+                return job is not None and (self.account.forget(job) | self.quota.forget(job))
             # The API answered: the account takes requests (and new tasks, on createTask).
             woken = self.account.succeed()
             return (self.quota.succeed() | woken) if endpoint is _CREATE else woken
@@ -470,6 +479,18 @@ class CircuitBreaker:
             self.reset()  # the probe got through: the account works again
         return False
 
+    def claim(self, job: Hashable, endpoint: Endpoint, now: float) -> None:
+        """`job` sends to `endpoint` now: it becomes the probe if the circuit has cooled."""
+        if self.failure is not None and self.probe is None:
+            self.refuse(job, endpoint, now, probe=True)
+
+    def forget(self, job: Hashable) -> bool:
+        """`job` is gone: if it was the probe, free the slot and return True."""
+        if self.probe is not None and self.probe == job:
+            self.probe = None
+            return True
+        return False
+
     def refuse(
         self, job: Hashable, endpoint: Endpoint, now: float, *, probe: bool = True
     ) -> Refuse | None:
@@ -513,6 +534,8 @@ class AdaptiveConcurrency:
     """Jobs holding a permit, in the order they took it (a dict: insertion-ordered)."""
     created: dict[Hashable, None] = attrs.field(factory=dict)
     """Holders whose task exists (their createTask was accepted)."""
+    sending: dict[Hashable, None] = attrs.field(factory=dict)
+    """Holders whose createTask is in flight (admitted, not yet answered)."""
     queue: collections.deque[Hashable] = attrs.field(factory=collections.deque)
     last_decrease: float = -math.inf
 
@@ -540,6 +563,7 @@ class AdaptiveConcurrency:
         """Drop `job`'s permit and queue place; return the jobs that may now go."""
         self.holders.pop(job, None)
         self.created.pop(job, None)
+        self.sending.pop(job, None)
         if job in self.queue:
             self.queue.remove(job)
         free = self._room() - len(self.holders)
@@ -552,14 +576,20 @@ class AdaptiveConcurrency:
     ) -> list[Hashable]:
         """Adapt the limit to `job`'s createTask reply; return the jobs whose permit it took
         back (see `_revoke`)."""
+        self.sending.pop(job, None)
         if failure is None:
-            if job in self.holders:
-                self.created[job] = None
+            # Its task exists, permit or not: count it (and it no longer waits for a slot).
+            self.holders[job] = None
+            self.created[job] = None
+            if job in self.queue:
+                self.queue.remove(job)
             if self.limit is not None:
                 self.limit = min(self.max_limit, self.limit + self.increase)
             return []
         if failure.code == ErrorCode.NO_SLOT_AVAILABLE:
-            filled = len(self.created)  # the tasks that filled the service
+            # The tasks that filled the service: those created, and those whose createTask is
+            # still in flight (the service may have made them already).
+            filled = len(self.created) + len(self.sending)
             limit = self.limit
             if limit is None:
                 limit, self.last_decrease = float(filled), now
@@ -579,7 +609,11 @@ class AdaptiveConcurrency:
         if math.isinf(room) or len(self.holders) <= room:
             return []
         excess = len(self.holders) - int(room)
-        revoked = [job for job in reversed(self.holders) if job not in self.created][:excess]
+        revoked = [
+            job
+            for job in reversed(self.holders)
+            if job not in self.created and job not in self.sending  # not a request in flight
+        ][:excess]
         for job in revoked:
             del self.holders[job]
             self.queue.appendleft(job)
@@ -823,9 +857,9 @@ class FleetGate:
 
     def admit(self, job: Hashable, endpoint: Endpoint, *, retry: bool, now: float) -> GateDecision:
         """Circuit, pauses, retry budget, task slots, then pacing, in that order; a job that
-        gets through becomes the probe of any pause that waits for one."""
+        gets through becomes the probe of any pause (or cooled circuit) that waits for one."""
         if self.circuit is not None:
-            refusal = self.circuit.refuse(job, endpoint, now)
+            refusal = self.circuit.refuse(job, endpoint, now, probe=False)
             if refusal is not None:
                 return refusal
         pause_end = -math.inf
@@ -858,6 +892,10 @@ class FleetGate:
             self.budget.spend(retry, now)
         if self.startup is not None:
             self.startup.spend(now)
+        if endpoint is _CREATE and self.concurrency is not None:
+            self.concurrency.sending[job] = None
+        if self.circuit is not None:
+            self.circuit.claim(job, endpoint, now)
         if self.pause is not None:
             self.pause.claim(job, endpoint, now)
         if self.breaker is not None:
@@ -879,7 +917,7 @@ class FleetGate:
             wake_all = True
         if self.pause is not None:
             until = self.pause.until
-            if self.pause.observe(endpoint, failure, now, self.rng):
+            if self.pause.observe(endpoint, failure, now, self.rng, job=job):
                 wake_all = True
                 if self.rate is not None and self.pause.until > until:
                     self.rate.restart(max(self.pause.until, now))
@@ -906,6 +944,7 @@ class FleetGate:
         if self.rate is not None:
             self.rate.forget(job)
         probe = self.pause is not None and self.pause.forget(job)
+        probe = (self.circuit is not None and self.circuit.forget(job)) or probe
         if (self.breaker is not None and self.breaker.forget(job)) or probe:
             self._wake.extend(self.live)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from strategies import EdgeRandom
 
+from captchaflow.engine import Simulation
 from captchaflow.policies import (
     AccountGate,
     AdaptiveConcurrency,
@@ -21,6 +22,7 @@ from captchaflow.policies import (
     CircuitBreaker,
     Failure,
     FailureRateBreaker,
+    FixedInterval,
     FleetGate,
     Hold,
     OpenGate,
@@ -30,7 +32,7 @@ from captchaflow.policies import (
     StartupWindow,
     bucket_of_code,
 )
-from captchaflow.transports import Endpoint
+from captchaflow.transports import AccountSpec, Endpoint, Scenario, SimulatedAPI, TaskTypeSpec
 
 CREATE, POLL = Endpoint.CREATE_TASK, Endpoint.GET_TASK_RESULT
 
@@ -1259,3 +1261,88 @@ def test_startup_window_says_nothing_when_nobody_waited() -> None:
     window.spend(0.0)
     assert not window.observe()
     assert window.opened and not window.observe()
+
+
+# -- found in review: liveness of permits and probes ---------------------------------------
+
+NO_SLOT = failure(2)
+
+
+def test_a_create_in_flight_keeps_its_permit_and_counts_once_accepted() -> None:
+    """A NO_SLOT that sets the limit does not take back the permit of a job whose createTask
+    is in flight (the service may have made its task): the limit counts it, its acceptance
+    is counted, and a freed slot wakes the job really waiting for one."""
+    gate = FleetGate(startup=None, pause=None, breaker=None, circuit=None, rate=None)
+    for job in "ABXYW":
+        gate.register(job, 0.0)
+    for job in "ABXY":
+        assert gate.admit(job, CREATE, retry=False, now=0.0) == Admit()
+    gate.observe("A", CREATE, None, sent_at=0.0, now=0.1)
+    gate.observe("B", CREATE, None, sent_at=0.0, now=0.1)
+    gate.observe("Y", CREATE, NO_SLOT, sent_at=0.0, now=0.2)
+    slots = gate.concurrency
+    assert slots is not None and slots.limit == 3 and "X" in slots.holders
+    gate.observe("X", CREATE, None, sent_at=0.0, now=0.3)
+    assert list(slots.created) == ["A", "B", "X"] and "X" not in slots.queue
+    assert isinstance(gate.admit("W", CREATE, retry=False, now=0.4), Hold)
+    gate.wakeups()
+    gate.release("A", 5.0)
+    assert "W" in gate.wakeups()
+
+
+def test_a_probe_that_meets_noise_gives_its_slot_up() -> None:
+    """After an unhinted 21 the probe's reply is a gateway 504: the probe slot is freed and
+    every job woken, so the others do not wait out the probe's own backoff."""
+    gate = FleetGate(rng=EdgeRandom(high=True), rate=None, startup=None)
+    for job in "pq":
+        gate.register(job, 0.0)
+    gate.observe("x", CREATE, failure(21), sent_at=0.0, now=0.0)
+    assert gate.admit("p", CREATE, retry=False, now=2.0) == Admit()
+    assert isinstance(gate.admit("q", POLL, retry=False, now=2.0), Hold)
+    gate.wakeups()
+    gate.observe("p", CREATE, GATEWAY, sent_at=2.0, now=2.1)
+    assert gate.wakeups() == ["p", "q"]
+    assert gate.admit("q", POLL, retry=False, now=2.2) == Admit()  # q is the probe now
+
+
+def test_circuit_probe_is_taken_only_by_a_job_that_sends_and_freed_on_release() -> None:
+    """A cooled circuit's probe slot goes to a job admitted by every part (not one held for
+    a task slot), and a probe that finishes without a reply hands the slot on."""
+    gate = FleetGate(
+        circuit=CircuitBreaker(cooldown=5.0),
+        concurrency=AdaptiveConcurrency(limit=1.0),
+        startup=None,
+        rate=None,
+    )
+    for job in "HPQ":
+        gate.register(job, 0.0)
+    assert gate.admit("H", CREATE, retry=False, now=0.0) == Admit()  # holds the one slot
+    gate.observe("x", CREATE, failure(3), sent_at=0.0, now=0.0)
+    assert isinstance(gate.admit("P", CREATE, retry=False, now=10.0), Hold)  # no slot for it
+    assert gate.circuit is not None and gate.circuit.probe is None
+    gate.release("H", 11.0)
+    assert gate.admit("P", CREATE, retry=False, now=11.0) == Admit()
+    assert gate.circuit.probe == "P"
+    gate.release("P", 12.0)
+    assert gate.circuit.probe is None and "Q" in gate.wakeups()
+    assert gate.admit("Q", CREATE, retry=False, now=12.0) == Admit()
+
+
+def test_startup_window_never_fails_a_job_with_a_short_deadline() -> None:
+    """A burst of 40 jobs with 1.5-s deadlines: those beyond the window wait for the first
+    reply (0.05 s later) instead of failing at once because the window's 2-s bound passes
+    their deadline; every one is solved, as with no gate."""
+    scenario = Scenario(
+        accounts=(AccountSpec(key="k"),),
+        latency=0.05,
+        default_task=TaskTypeSpec(solve_seconds=0.5, solve_spread=0, min_solve_seconds=0.1),
+    )
+    simulation = Simulation(
+        SimulatedAPI(scenario, seed=1),
+        key="k",
+        gate=FleetGate(rng=random.Random(0)),
+        poll_schedule=FixedInterval(interval=0.2),
+    )
+    for _ in range(40):
+        simulation.submit({"type": "t"}, at=0.0, timeout=1.5)
+    assert simulation.run().states() == {"ready": 40}
