@@ -593,9 +593,12 @@ class AdaptiveConcurrency:
             limit = self.limit
             if limit is None:
                 limit, self.last_decrease = float(filled), now
-            elif sent_at >= self.last_decrease and now - self.last_decrease >= self.cooldown:
+            elif sent_at < self.last_decrease:
                 # Once per round, as TCP does: a refusal of a request sent before the last
-                # decrease says nothing about the limit since.
+                # decrease says nothing about the limit since (nor does what is in flight
+                # now measure what filled the service then).
+                return []
+            elif now - self.last_decrease >= self.cooldown:
                 limit *= self.decrease
                 self.last_decrease = now
             self.limit = max(self.min_limit, min(limit, max(filled, 1), self.max_limit))

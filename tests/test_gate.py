@@ -344,6 +344,10 @@ def test_concurrency_ignores_refusals_of_requests_sent_before_the_last_decrease(
     assert slots.limit == 50.0
     slots.observe("y", failure(2), sent_at=9.9, now=20.0)
     assert slots.limit == 50.0
+    for job in range(96):  # most tasks have finished since: a stale refusal still says nothing
+        slots.release(job)
+    slots.observe("z", failure(2), sent_at=9.8, now=21.0)
+    assert slots.limit == 50.0
 
 
 def test_gate_release_passes_the_task_slot_on() -> None:
