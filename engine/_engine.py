@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import random
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Literal, TypedDict, Unpack
@@ -26,7 +25,7 @@ from captchaflow.transports import DEFAULT_BASE_URL, ApiKey, HttpxTransport, Jso
 from ._clock import Clock, SystemClock
 from ._driver import MoveHook, Waker, drive, log_move
 from ._errors import InvalidTaskError
-from ._job import Job, validate_task
+from ._job import Job, check_timeout, validate_task
 
 __all__ = ["DEFAULT_TIMEOUT", "Engine", "EngineOptions", "default_gate", "solve", "solve_many"]
 
@@ -86,7 +85,7 @@ class Engine:
         on_move: MoveHook | None = log_move,
         gate: AccountGate | None = None,
     ) -> None:
-        _check_timeout(timeout)
+        check_timeout(timeout)
         self._key = _as_key(key)
         self._owns_transport = transport is None
         self.transport: Transport = transport if transport is not None else HttpxTransport(base_url)
@@ -111,7 +110,7 @@ class Engine:
         """A new, not yet started job for `task` with this engine's defaults (for custom
         drivers). Raises `InvalidTaskError` for a task that is not a proper JSON object."""
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         return Job(
             task,
             key=self._key,
@@ -159,7 +158,7 @@ class Engine:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         batch = list(tasks)
         for index, task in enumerate(batch):
             try:
@@ -242,11 +241,6 @@ def solve(
             return await engine.solve(task)
 
     return anyio.run(run, backend=backend)
-
-
-def _check_timeout(timeout: float) -> None:
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout!r}")
 
 
 def solve_many(

@@ -71,6 +71,7 @@ __all__ = [
     "Job",
     "Send",
     "Wait",
+    "check_timeout",
     "validate_task",
 ]
 
@@ -126,6 +127,12 @@ def validate_task(task: object) -> Mapping[str, JsonValue]:
     except (TypeError, ValueError) as exc:
         raise InvalidTaskError(f"the task is not serialisable as JSON: {exc}") from None
     return task
+
+
+def check_timeout(timeout: float) -> None:
+    """Raise `ValueError` unless `timeout` is a positive finite number of seconds."""
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout!r}")
 
 
 def _depth(value: object) -> int:
@@ -192,8 +199,7 @@ class Job:
         timeout: float,
         gate: AccountGate | None = None,
     ) -> None:
-        if not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"timeout must be a positive finite number, got {timeout!r}")
+        check_timeout(timeout)
         self.task = validate_task(task)
         self.key = key
         self.policy = policy
@@ -299,11 +305,7 @@ class Job:
 
     def feed(self, outcome: Outcome, now: float) -> None:
         """Tell the job what its last request came back with, at time `now`."""
-        endpoint = self._awaiting
-        if endpoint is None:
-            raise JobStateError("no request is awaiting a reply")
-        self._advance(now)
-        self._awaiting = None
+        endpoint = self._reply_arrives(now)
         if self.gate is not None:
             failure = outcome if isinstance(outcome, Failure) else None
             self.gate.observe(self, endpoint, failure, sent_at=self._sent_at, now=now)
@@ -342,10 +344,7 @@ class Job:
         """Tell the job its last request got no outcome because a plug-in (the transport)
         failed in a way no network does: the job fails at once with `PolicyError`, since
         resending could bill a task twice and a bug does not heal."""
-        if self._awaiting is None:
-            raise JobStateError("no request is awaiting a reply")
-        self._advance(now)
-        self._awaiting = None
+        self._reply_arrives(now)
         self._fail_policy(now, reason)
 
     def cancel(self, now: float, reason: str = "cancelled by the caller") -> bool:
@@ -384,6 +383,16 @@ class Job:
             self._hold_reason = decision.reason
             self._move("hold", now, decision.reason)
         return False
+
+    def _reply_arrives(self, now: float) -> Endpoint:
+        """The endpoint of the request whose answer arrives now (no longer awaited); raise
+        `JobStateError` if none is awaited or `now` runs backwards."""
+        endpoint = self._awaiting
+        if endpoint is None:
+            raise JobStateError("no request is awaiting a reply")
+        self._advance(now)
+        self._awaiting = None
+        return endpoint
 
     def _advance(self, now: float) -> None:
         """Refuse a time before the latest the job was given (a driver's clock must not run

@@ -38,7 +38,7 @@ from captchaflow.transports import ApiKey, ApiRequest, JsonValue, SimulatedAPI
 from ._classify import Outcome, classify
 from ._driver import MoveHook
 from ._engine import DEFAULT_TIMEOUT
-from ._job import Finished, Job, Wait, validate_task
+from ._job import Finished, Job, Wait, check_timeout, validate_task
 
 __all__ = ["ExchangeHook", "Simulation", "SimulationReport"]
 
@@ -183,8 +183,8 @@ class Simulation:
             self._timer(at, len(self.jobs) - 1)
             return job
         validate_task(task)
-        if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"timeout must be a positive finite number, got {timeout!r}")
+        if timeout is not None:
+            check_timeout(timeout)
         self._tasks.append((task, timeout, policy))
         heapq.heappush(self._events, (at, next(self._sequence), index, None, _ARRIVAL))
         return None
