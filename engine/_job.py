@@ -14,6 +14,8 @@ Rules the job enforces whatever its policy says:
 - it never sends a request before the server's retry hint has passed;
 - it never waits past its deadline: a wait that would end after it fails the job at once,
   and a job still live at its deadline fails with `DeadlineExceededError`;
+- it never creates a task it could not poll before its deadline (one whose first poll, after
+  the schedule's delay before poll 1, would come later): it fails instead, paying nothing;
 - a solution that arrives is always kept, even after the deadline: it has been paid for;
 - every state change goes through the shared machine and is recorded in `history`.
 
@@ -277,6 +279,8 @@ class Job:
                 return FINISHED
         if now < self._next_at:
             return Wait(self._next_at)
+        if self.task_id is None and self._too_late_to_create(now):
+            return FINISHED
         if gate is not None:
             decision = self._ask_gate("admit", endpoint, now)
             if decision is _GATE_FAILED:
@@ -462,21 +466,47 @@ class Job:
             return True
         return False
 
-    def _schedule_poll(self, now: float) -> None:
+    def _poll_delay(self, poll: int, now: float) -> float | None:
+        """The schedule's wait before poll number `poll`, checked; None if the schedule
+        failed (the job then has failed with `PolicyError`)."""
         schedule = type(self.schedule).__name__
         try:
-            delay = self.schedule.delay_before_poll(self.polls + 1)
+            delay = self.schedule.delay_before_poll(poll)
         except Exception as exc:
             self._fail_policy(now, f"poll schedule {schedule} raised {exc!r}")
-            return
+            return None
         if not _is_seconds(delay) or not (MIN_POLL_DELAY <= delay < math.inf):
             self._fail_policy(
                 now,
                 f"poll schedule {schedule} answered {delay!r}: a poll delay must be a "
                 f"finite number of seconds >= {MIN_POLL_DELAY}",
             )
-            return
-        self._next_at = min(now + delay, self.deadline)
+            return None
+        return float(delay)
+
+    def _schedule_poll(self, now: float) -> None:
+        delay = self._poll_delay(self.polls + 1, now)
+        if delay is not None:
+            self._next_at = min(now + delay, self.deadline)
+
+    def _too_late_to_create(self, now: float) -> bool:
+        """Fail the job, sending nothing, if a task created now could not be polled before
+        the deadline (it would be paid for and never seen): with its last failure if it has
+        one, else DEADLINE_EXCEEDED. Say whether it failed."""
+        first_poll = self._poll_delay(1, now)
+        if first_poll is None:
+            return True
+        if now + first_poll <= self.deadline:
+            return False
+        reason = (
+            f"{self.deadline - now:.4g}s left, less than the {first_poll:.4g}s before a new "
+            "task's first poll: no task was created (nothing was paid)"
+        )
+        if self.last_failure is not None:  # the failure that kept it from creating sooner
+            self._fail(self.last_failure, now, reason)
+        else:
+            self._fail_deadline(now, reason)
+        return True
 
     def _on_failure(self, failure: Failure, now: float) -> None:
         self.attempt += 1

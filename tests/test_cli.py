@@ -395,7 +395,7 @@ def test_key_is_not_leaked_in_part_by_a_long_message() -> None:
 def test_key_echoed_as_task_id_is_not_logged() -> None:
     """A taskId that contains the key is not printed by -v."""
     with StubAPI(create=[accepted(f"task-{KEY}")], result=[processing()]) as stub:
-        run = solve(stub, "--task", TASK_JSON, "-v", "--timeout", "1")
+        run = solve(stub, "--task", TASK_JSON, "-v", "--timeout", "2.5")
     assert run.code == 6
     assert "DEADLINE_EXCEEDED" in run.err_lines[-1]
 
@@ -404,7 +404,7 @@ def test_verbose_labels_each_move_with_its_own_task() -> None:
     """The retry of a createTask is not logged as if task 4242 already existed."""
     limited = error(16, "RATE_LIMITED", retry_after=0)
     with StubAPI(create=[limited, accepted(4242)], result=[processing()]) as stub:
-        run = solve(stub, "--task", TASK_JSON, "-v", "--timeout", "1")
+        run = solve(stub, "--task", TASK_JSON, "-v", "--timeout", "2.5")
     assert run.code == 6
     (retry,) = [line for line in run.err_lines if re.search(r"backoff\W+submitted", line)]
     assert "4242" not in retry, retry

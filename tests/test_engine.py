@@ -144,7 +144,13 @@ class HangingTransport:
 async def test_a_hanging_transport_cannot_hold_a_job_past_its_deadline(secret_key: str) -> None:
     """With the system clock and a 1.5-s deadline, a transport that never answers is cut off
     by the driver at the deadline (plus SEND_GRACE) as sent-no-reply, and the job ends."""
-    engine = Engine(secret_key, transport=HangingTransport(), timeout=1.5)
+    # Polls every 0.5 s, so that a task created now could still be polled by the deadline.
+    engine = Engine(
+        secret_key,
+        transport=HangingTransport(),
+        timeout=1.5,
+        poll_schedule=FixedInterval(interval=0.5),
+    )
     started = time.monotonic()
     job = await engine.run(TASK)
     elapsed = time.monotonic() - started

@@ -194,6 +194,75 @@ def test_polls_never_wait_past_the_deadline_then_fail() -> None:
     assert job.history[-1].cause == "deadline passed"
 
 
+def test_no_task_is_created_that_could_not_be_polled_before_the_deadline() -> None:
+    """Invariant: a createTask is sent only if the new task's first poll (the schedule's
+    delay before poll 1) would come by the deadline; otherwise the job fails
+    DEADLINE_EXCEEDED having sent nothing, so nothing is paid for a task never seen."""
+    late = new_job(timeout=1.5, schedule=FixedInterval(interval=2))
+    assert late.next_action(0.0) == Finished()
+    assert isinstance(late.error, DeadlineExceededError)
+    assert late.requests_sent == 0 and late.task_id is None
+    assert "no task was created" in late.error.reason
+    in_time = new_job(timeout=2.0, schedule=FixedInterval(interval=2))
+    send(in_time, 0.0)
+
+
+def test_a_retried_create_is_not_sent_too_late_either() -> None:
+    """After a failed createTask, the retry is dropped (nothing sent) once the first poll of
+    the task it would make could no longer come by the deadline; the job fails with the
+    failure that kept it from creating sooner."""
+    job = new_job(timeout=10.0, schedule=FixedInterval(interval=2))
+    send(job, 0.0)
+    job.feed(fail(Bucket.RETRYABLE, Endpoint.CREATE_TASK, name="NO_SLOT_AVAILABLE", code=2), 8.5)
+    action = job.next_action(9.0)
+    if isinstance(action, Wait):
+        action = job.next_action(action.until)
+    assert action == Finished()
+    assert job.error is not None and job.error.name == "NO_SLOT_AVAILABLE"  # what kept it
+    assert "no task was created" in job.error.reason
+    assert job.requests_sent == 1
+
+
+def _creates_sent_too_late(timeout: float, interval: float, gaps: list[float]) -> int:
+    """Drive a job whose createTasks all meet NO_SLOT_AVAILABLE, `gaps` seconds after each
+    send; return how many createTasks went out when the task's first poll could not have
+    come by the deadline."""
+    job = new_job(timeout=timeout, schedule=FixedInterval(interval=interval))
+    now, late = 0.0, 0
+    no_slot = fail(Bucket.RETRYABLE, Endpoint.CREATE_TASK, name="NO_SLOT_AVAILABLE", code=2)
+    for gap in gaps:
+        action = job.next_action(now)
+        while isinstance(action, Wait):
+            now = action.until
+            action = job.next_action(now)
+        if not isinstance(action, Send):
+            break
+        late += now + interval > job.deadline
+        now += gap
+        job.feed(no_slot, now)
+    return late
+
+
+@given(
+    timeout=st.floats(0.05, 30.0),
+    interval=st.floats(0.01, 10.0),
+    gaps=st.lists(st.floats(0.0, 5.0), min_size=1, max_size=8),
+)
+@settings(max_examples=150, deadline=None)
+def test_property_no_create_whose_first_poll_would_pass_the_deadline(
+    timeout: float, interval: float, gaps: list[float]
+) -> None:
+    """Invariant: every createTask is sent at a time t with t + (delay before poll 1) <=
+    deadline, through any sequence of refusals and retries."""
+    assert _creates_sent_too_late(timeout, interval, gaps) == 0
+
+
+def test_mutant_job_creating_too_late_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutant check for the property above: a job without the rule sends a doomed create."""
+    monkeypatch.setattr(Job, "_too_late_to_create", lambda self, now: False)
+    assert _creates_sent_too_late(1.5, 2.0, [0.1]) == 1
+
+
 def test_solution_after_deadline_is_kept() -> None:
     """A solution arriving after the deadline is kept: it has been paid for."""
     job = new_job(timeout=5)
@@ -322,17 +391,26 @@ def test_broken_policy_fails_job_with_policy_error(policy: RetryPolicy) -> None:
 
 @pytest.mark.parametrize("delay", [-1.0, float("nan"), float("inf")])
 def test_broken_poll_schedule_fails_job_with_policy_error(delay: float) -> None:
-    """A poll schedule answering a negative, NaN or infinite delay fails the job."""
+    """A poll schedule answering a negative, NaN or infinite delay fails the job: before
+    its createTask when it answers so for the first poll (nothing sent), after it when it
+    answers so later."""
 
     @attrs.define
     class Bad:
-        def delay_before_poll(self, poll: int) -> float:
-            return delay
+        from_poll: int
 
-    job = new_job(schedule=Bad())
-    send(job, 0)
-    job.feed(Accepted(1), 0)
-    assert isinstance(job.error, PolicyError)
+        def delay_before_poll(self, poll: int) -> float:
+            return delay if poll >= self.from_poll else 2.0
+
+    at_once = new_job(schedule=Bad(from_poll=1))
+    assert at_once.next_action(0) == Finished()
+    assert isinstance(at_once.error, PolicyError) and at_once.requests_sent == 0
+    later = new_job(schedule=Bad(from_poll=2))
+    send(later, 0)
+    later.feed(Accepted(1), 0)
+    send(later, 2)
+    later.feed(Processing(), 2)
+    assert isinstance(later.error, PolicyError) and later.task_id == 1
 
 
 @pytest.mark.parametrize(
