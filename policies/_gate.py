@@ -29,7 +29,7 @@ from per-request noise, and acts on noise only with evidence:
   flight are bounded by what filled it, with additive increase, multiplicative decrease;
 - `AdaptiveRate`: after a RATE_LIMITED (16) the gate learns the rate the account accepts
   (never below what it was seen to accept) and paces every request to it, probing upwards
-  while requests wait;
+  while requests wait; once task slots are bounded, createTasks go before queued polls;
 - `StartupWindow`: until the account first answers, at most 32 requests go out, so a
   start-up burst meets the account's limits a few requests at a time;
 - `RetryBudget` (off by default): retries may use at most a share of the traffic.
@@ -44,6 +44,7 @@ its `rng`.
 from __future__ import annotations
 
 import collections
+import heapq
 import math
 import random
 from collections.abc import Hashable
@@ -720,8 +721,9 @@ class AdaptiveRate:
     for their turn, the rate grows by `increase` (a fraction) per `window` up to `headroom`
     times the ceiling, and the ceiling itself creeps up a hundred times more slowly, so the
     gate re-probes a limit that may have been raised without hitting it every few seconds.
-    Requests get send times `1 / rate` apart, in the order
-    they ask; before the first rate limit nothing is paced.
+    Requests get send times `1 / rate` apart, in the order they ask, except that one asked
+    to go `first` takes the earliest send time reserved by a request that was not (that
+    request moves to the end of the queue); before the first rate limit nothing is paced.
     """
 
     window: float = 1.0
@@ -744,9 +746,37 @@ class AdaptiveRate:
     """The most requests the account accepted within one `window` so far: the learned rate
     never falls below `safety` times it."""
     reservations: dict[Hashable, float] = attrs.field(factory=dict)
+    yielding: dict[Hashable, None] = attrs.field(factory=dict)
+    """Jobs whose reservation a request going `first` may take (their request yields)."""
+    _by_time: list[tuple[float, int, Hashable]] = attrs.field(factory=list, alias="_by_time")
+    """The yielding reservations as a heap of (send time, order, job); an entry whose job's
+    reservation has changed since is stale and skipped."""
+    _pushed: int = attrs.field(default=0, alias="_pushed")
 
-    def hold(self, job: Hashable, now: float, not_before: float) -> Hold | None:
-        """A reserved send time for `job` if it must wait for it."""
+    def _reserve(self, job: Hashable, at: float, *, yielding: bool) -> None:
+        self.reservations[job] = at
+        if not yielding:
+            self.yielding.pop(job, None)
+            return
+        self.yielding[job] = None
+        self._pushed += 1
+        heapq.heappush(self._by_time, (at, self._pushed, job))
+
+    def _earliest_yielding(self) -> tuple[float, Hashable] | None:
+        heap = self._by_time
+        while heap:
+            at, _, job = heap[0]
+            if job in self.yielding and self.reservations.get(job) == at:
+                return at, job
+            heapq.heappop(heap)
+        return None
+
+    def hold(
+        self, job: Hashable, now: float, not_before: float, *, first: bool = False
+    ) -> Hold | None:
+        """A reserved send time for `job` if it must wait for it. A request going `first`
+        takes the earliest send time reserved by one that does not (which moves to the end of
+        the queue)."""
         rate = self.rate
         if rate is None:
             return None
@@ -759,11 +789,19 @@ class AdaptiveRate:
             self.last_change = now
         at = self.reservations.get(job)
         if at is None:
-            at = max(now, self.next_free, not_before)
-            self.next_free = at + 1.0 / rate
-            self.reservations[job] = at
+            taken = self._earliest_yielding() if first else None
+            if taken is not None and taken[0] >= not_before:
+                # Take the earliest yielding send time; its job goes to the end of the queue.
+                at, other = taken
+                heapq.heappop(self._by_time)
+                self._reserve(other, max(now, self.next_free), yielding=True)
+                self.next_free = self.reservations[other] + 1.0 / rate
+            else:
+                at = max(now, self.next_free, not_before)
+                self.next_free = at + 1.0 / rate
+            self._reserve(job, at, yielding=not first)
         if at <= now:
-            del self.reservations[job]
+            self.forget(job)
             self.last_admitted = max(self.last_admitted, at)
             return None
         self.last_paced = now
@@ -794,6 +832,7 @@ class AdaptiveRate:
     def forget(self, job: Hashable) -> None:
         """Drop `job`'s reservation."""
         self.reservations.pop(job, None)
+        self.yielding.pop(job, None)
 
     def rewind(self, now: float) -> list[Hashable]:
         """After reservations were dropped, close the gaps they left: the reservations still
@@ -806,7 +845,7 @@ class AdaptiveRate:
         moved = []
         for job, reserved in sorted(self.reservations.items(), key=lambda item: item[1]):
             if reserved > at:
-                self.reservations[job] = at
+                self._reserve(job, at, yielding=job in self.yielding)
                 moved.append(job)
             at = max(at, self.reservations[job]) + 1.0 / rate
         self.next_free = at
@@ -816,6 +855,8 @@ class AdaptiveRate:
         """After a pause, hand out send times from `at` again (dropping old reservations, so
         the jobs released by the pause do not all go at once)."""
         self.reservations.clear()
+        self.yielding.clear()
+        self._by_time.clear()
         self.next_free = max(self.next_free, at)
 
 
@@ -888,7 +929,16 @@ class FleetGate:
             if held is not None:
                 return held
         if self.rate is not None:
-            held = self.rate.hold(job, now, pause_end)
+            # Once task slots are scarce, a createTask goes before queued polls: it fills a
+            # slot the account would leave idle, while a poll put back only finds its task
+            # a little later (and cannot starve: no permit frees until a poll finds a task
+            # finished).
+            first = (
+                endpoint is _CREATE
+                and self.concurrency is not None
+                and self.concurrency.limit is not None
+            )
+            held = self.rate.hold(job, now, pause_end, first=first)
             if held is not None:
                 return held
         if self.budget is not None:

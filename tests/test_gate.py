@@ -461,6 +461,56 @@ def test_rate_only_falls_on_a_new_rate_limit() -> None:
     assert rate.rate == 5.0
 
 
+def test_rate_lets_a_request_going_first_take_the_earliest_yielding_send_time() -> None:
+    """A request asked to go `first` takes the earliest send time reserved by one that was
+    not; that one moves to the end of the queue, and no two requests share a send time."""
+    rate = AdaptiveRate(rate=1.0)
+    assert rate.hold("poll-a", 0.0, 0.0) is None  # goes now
+    assert rate.hold("poll-b", 0.0, 0.0) == Hold(1.0, "paced to the account's request rate")
+    assert rate.hold("poll-c", 0.0, 0.0) == Hold(2.0, "paced to the account's request rate")
+    held = rate.hold("create", 0.0, 0.0, first=True)
+    assert isinstance(held, Hold) and held.until == 1.0
+    assert rate.reservations == {"poll-b": 3.0, "poll-c": 2.0, "create": 1.0}
+    # poll-b comes back at its old time and waits for its new one.
+    assert rate.hold("poll-b", 1.0, 0.0) == Hold(3.0, "paced to the account's request rate")
+    # A second request going first does not take the first one's time.
+    second = rate.hold("create-2", 0.0, 0.0, first=True)
+    assert isinstance(second, Hold) and second.until == 2.0
+    assert sorted(rate.reservations.values()) == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_rate_without_first_keeps_the_order_of_asking() -> None:
+    """Mutant check for the test above: without `first`, a request queues behind the rest."""
+    rate = AdaptiveRate(rate=1.0)
+    for job in ("poll-a", "poll-b", "poll-c"):
+        rate.hold(job, 0.0, 0.0)
+    held = rate.hold("create", 0.0, 0.0)
+    assert isinstance(held, Hold) and held.until == 3.0
+
+
+def test_creates_go_before_polls_only_once_task_slots_are_bounded() -> None:
+    """Through the FleetGate: a createTask overtakes queued polls only after a
+    NO_SLOT_AVAILABLE set a concurrency limit (slots are what bounds the account); before
+    that every request keeps its place."""
+
+    def paced_gate() -> FleetGate:
+        gate = FleetGate(startup=None, rate=AdaptiveRate(rate=1.0))
+        for job in ("p1", "p2", "p3"):
+            gate.register(job, 0.0)
+            gate.admit(job, POLL, retry=False, now=0.0)
+        gate.register("c", 0.0)
+        return gate
+
+    unbounded = paced_gate()
+    held = unbounded.admit("c", CREATE, retry=False, now=0.0)
+    assert isinstance(held, Hold) and held.until == 3.0
+    bounded = paced_gate()
+    assert bounded.concurrency is not None
+    bounded.concurrency.limit = 10.0
+    held = bounded.admit("c", CREATE, retry=False, now=0.0)
+    assert isinstance(held, Hold) and held.until == 1.0
+
+
 # -- FleetGate, as a whole ---------------------------------------------------------------
 
 
