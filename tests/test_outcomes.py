@@ -15,6 +15,7 @@ from collections.abc import Hashable
 from typing import Any
 
 import attrs
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -268,3 +269,25 @@ def test_same_seed_same_run_whatever_the_memory_layout() -> None:
     del ballast
     assert first == second
     assert any(move[3] == "hold" for job in first[:-1] for move in job[3])  # the gate acted
+
+
+def test_mutant_wake_order_outside_the_seed_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutant check for the test above: a gate that wakes jobs in an order the seed does not
+    fix (here shuffled by the unseeded global generator, as a set ordered by memory address
+    would) gives two different runs."""
+    real = FleetGate.wakeups
+
+    def shuffled(self: FleetGate) -> list[Hashable]:
+        woken = real(self)
+        random.shuffle(woken)
+        return woken
+
+    monkeypatch.setattr(FleetGate, "wakeups", shuffled)
+    state = random.getstate()
+    try:
+        random.seed(1)
+        first = _history(_demo_run(3))
+        random.seed(2)
+        assert _history(_demo_run(3)) != first
+    finally:
+        random.setstate(state)
