@@ -79,11 +79,9 @@ from captchaflow.policies import (
     GiveUp,
     RetryContext,
 )
-from captchaflow.transports import (
+from captchaflow.transports import ApiReply, ApiRequest, Endpoint
+from captchaflow.transports.sim import (
     AccountSpec,
-    ApiReply,
-    ApiRequest,
-    Endpoint,
     Exchange,
     Fate,
     Scenario,

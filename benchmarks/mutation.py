@@ -20,7 +20,7 @@ edit it, and cosmic-ray rewrites files in place). Steps:
 
 `--reuse RESULTS.json` counts as killed, without running them again, the mutants that an
 earlier run killed in a module whose source is byte-for-byte unchanged. That is sound only if
-no test was removed or weakened since (adding tests, e.g. tests/test_mutation_killers.py, is
+no test was removed or weakened since (adding tests, e.g. those pinned for survivors, is
 fine): a full run is the default.
 
 Usage:
@@ -69,7 +69,6 @@ TESTS = (
     "tests/test_conformance.py",  # optional: used when it exists
     "tests/test_gate.py",  # optional: the account gate's parts, one at a time
     "tests/test_fleet.py",  # optional: the gate's laws over whole fleets
-    "tests/test_mutation_killers.py",  # optional: the tests added for survivors
 )
 QUICK_LIMIT = 30
 VENV = ".venv-mutation"

@@ -67,7 +67,7 @@ from captchaflow.policies import (
     PollSchedule,
     RetryPolicy,
 )
-from captchaflow.transports import (
+from captchaflow.transports.sim import (
     AccountSpec,
     FaultKind,
     FaultRates,

@@ -48,7 +48,8 @@ from captchaflow.policies import (
     FixedInterval,
     PollSchedule,
 )
-from captchaflow.transports import AccountSpec, ApiRequest, Scenario, SimulatedAPI, TaskTypeSpec
+from captchaflow.transports import ApiRequest
+from captchaflow.transports.sim import AccountSpec, Scenario, SimulatedAPI, TaskTypeSpec
 
 KEY = "bench-storm-key"
 TASK = {"type": "ImageToTextTask", "body": "aGVsbG8="}

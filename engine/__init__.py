@@ -1,13 +1,15 @@
 """The engine: classification, the task state machine, sans-IO jobs, drivers, the facade.
 
-The sans-IO core (`_classify`, `_fsm`, `_job`, `_errors`) imports no I/O library; drivers
-(`_driver`, `_engine`, `_clock`) and the command line (`cli`) do the I/O.
+The sans-IO core (`_classify`, `_fsm`, `_job`, `_errors`) imports no I/O library, and
+importing this package loads only it: drivers (`_driver`, `_engine`, `_clock`), the
+simulation and the command line (`cli`) do the I/O and are imported on first use.
 """
 
+import typing
+
+from captchaflow import _lazy
+
 from ._classify import Accepted, Outcome, Processing, Solved, classify, parse_retry_after
-from ._clock import Clock, SystemClock, VirtualClock
-from ._driver import SEND_GRACE, MoveHook, Waker, drive, log_move
-from ._engine import DEFAULT_TIMEOUT, Engine, EngineOptions, default_gate, solve, solve_many
 from ._errors import (
     BadRequestError,
     CaptchaflowError,
@@ -39,7 +41,31 @@ from ._fsm import (
     machine_table,
 )
 from ._job import MAX_HOLDS_AT_ONE_TIME, MIN_WAIT, Action, Finished, Job, Send, Wait, validate_task
-from ._simulation import ExchangeHook, Simulation, SimulationReport
+
+if typing.TYPE_CHECKING:
+    from ._clock import Clock, SystemClock, VirtualClock
+    from ._driver import SEND_GRACE, MoveHook, Waker, drive, log_move
+    from ._engine import DEFAULT_TIMEOUT, Engine, EngineOptions, default_gate, solve, solve_many
+    from ._simulation import ExchangeHook, Simulation, SimulationReport
+
+# Drivers (anyio), the facade (httpx) and the simulation (the simulated service) are imported
+# on first use: the sans-IO core above loads no I/O library.
+_LAZY = {
+    "._clock": ("Clock", "SystemClock", "VirtualClock"),
+    "._driver": ("SEND_GRACE", "MoveHook", "Waker", "drive", "log_move"),
+    "._engine": (
+        "DEFAULT_TIMEOUT",
+        "Engine",
+        "EngineOptions",
+        "default_gate",
+        "solve",
+        "solve_many",
+    ),
+    "._simulation": ("ExchangeHook", "Simulation", "SimulationReport"),
+}
+__getattr__, __dir__ = _lazy.lazy_exports(
+    __name__, globals(), {name: module for module, names in _LAZY.items() for name in names}
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",

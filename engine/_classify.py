@@ -28,7 +28,6 @@ and the whole message is redacted again, escape-aware, before it is shortened.
 from __future__ import annotations
 
 import datetime
-import email.utils
 import json
 import math
 import re
@@ -295,6 +294,10 @@ def parse_retry_after(
 
 
 def _http_date(value: str) -> float | None:
+    # Imported here: email.utils imports socket, which the sans-IO core must not load
+    # (and an HTTP-date Retry-After is rare).
+    import email.utils
+
     try:
         moment = email.utils.parsedate_to_datetime(value)
         if moment.tzinfo is None:  # "-0000" means UTC with no zone given

@@ -8,9 +8,9 @@ import time
 from collections import Counter
 
 from captchaflow.policies import DocumentedPolicy, FixedInterval
-from captchaflow.transports import (
+from captchaflow.transports import ErrorCode
+from captchaflow.transports.sim import (
     AccountSpec,
-    ErrorCode,
     FaultRates,
     Outage,
     Scenario,

@@ -4,14 +4,12 @@ Every error raised for a job carries the failure's `code` and `name`, a `message
 `reason` the job stopped, the job's `history` (its moves, oldest first) and its `task_id`
 when the provider had assigned one. None of them ever contains the API key: the engine
 redacts it from every server text before it is stored.
-
-`exit_code` is the `captchaflow` command's exit status for the error (see README).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from captchaflow.policies import Bucket
 
@@ -46,8 +44,6 @@ __all__ = [
 class CaptchaflowError(Exception):
     """Base of every error this library raises on purpose."""
 
-    exit_code: ClassVar[int] = 1
-
     def __init__(
         self,
         message: str,
@@ -78,26 +74,18 @@ class CaptchaflowError(Exception):
 class PermanentError(CaptchaflowError):
     """The key or the account must be fixed (codes 1, 3, 14, 15). Never retried."""
 
-    exit_code = 3
-
 
 class BadRequestError(CaptchaflowError):
     """The provider rejected the task payload (code 10). Never retried."""
-
-    exit_code = 4
 
 
 class UnsolvableError(CaptchaflowError):
     """The captcha stayed unsolvable (code 12) after the allowed resubmits."""
 
-    exit_code = 5
-
 
 class GaveUpError(CaptchaflowError):
     """The job stopped without an answer: transient failures outlasted the policy or the
     deadline, or the service answered something the engine cannot use."""
-
-    exit_code = 6
 
 
 class RetriesExhaustedError(GaveUpError):
@@ -136,14 +124,10 @@ class PolicyError(GaveUpError):
 class JobCancelledError(CaptchaflowError):
     """The job was cancelled by its caller."""
 
-    exit_code = 130
-
 
 class InvalidTaskError(CaptchaflowError, ValueError):
     """The task given to the engine is not a JSON object with a string `type`; nothing
     was sent."""
-
-    exit_code = 2
 
 
 class JobStateError(CaptchaflowError, RuntimeError):

@@ -33,7 +33,8 @@ from captchaflow.policies import (
     PollSchedule,
     RetryPolicy,
 )
-from captchaflow.transports import ApiKey, ApiRequest, JsonValue, SimulatedAPI
+from captchaflow.transports import ApiKey, ApiRequest, JsonValue
+from captchaflow.transports.sim import SimulatedAPI
 
 from ._classify import Outcome, classify
 from ._driver import MoveHook

@@ -1,10 +1,11 @@
 """captchaflow: drives captcha tasks through the NoCaptcha task API as explicit state machines.
 
 The library is in three subpackages, imported by name: `captchaflow.engine` (the state
-machine, jobs, drivers, `Engine`, the command line), `captchaflow.transports` (the wire,
-the httpx transport, the simulated API) and `captchaflow.policies` (retry policies, poll
-schedules, account gates). Importing `captchaflow` itself loads none of them and reads no
-metadata, so it costs nothing: the command's entry point (`__main__`) relies on that to set
+machine, jobs, drivers, `Engine`, the command line), `captchaflow.transports` (the wire and
+the httpx transport; the simulated API is `captchaflow.transports.sim`) and
+`captchaflow.policies` (retry policies, poll schedules, account gates). Importing
+`captchaflow` itself loads none of them and reads no metadata, so it costs nothing: the
+command's entry point (`__main__`) relies on that to set
 its signal handlers before the slow imports.
 """
 

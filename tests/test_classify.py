@@ -27,6 +27,7 @@ from strategies import (
 from captchaflow.engine import Accepted, Processing, Solved, classify, parse_retry_after
 from captchaflow.policies import Bucket, Failure, bucket_of_code
 from captchaflow.transports import (
+    ApiKey,
     ApiReply,
     BadReply,
     CertificateRejected,
@@ -685,3 +686,170 @@ def test_totality_property_catches_unguarded_classifier() -> None:
         settings=settings(max_examples=100, database=None, phases=[Phase.generate]),
     )
     assert_total(classify, *counterexample)  # the real classifier handles it
+
+
+# -- boundaries pinned for mutants that survived benchmarks/mutation.py --------------------
+
+
+def classify_json(payload: Any, status: int = 200, endpoint: Endpoint = RESULT) -> object:
+    """Classify a reply whose body is `payload` as JSON."""
+    return classify(endpoint, ApiReply.json(payload, status=status))
+
+
+@pytest.mark.parametrize(("digits", "code"), [("123456789", 123456789), ("000000016", 16)])
+def test_nine_digit_string_code_is_read(digits: str, code: int) -> None:
+    """A digit-string code of up to nine digits is read as that integer code."""
+    failure = failure_of(classify_json({"code": digits}))
+    assert failure.code == code
+
+
+@pytest.mark.parametrize("digits", ["1234567890", "12345678901", "123456789012345"])
+def test_ten_or_more_digit_string_code_is_malformed(digits: str) -> None:
+    """A digit-string code of ten digits or more is not read as a code: the reply is MALFORMED."""
+    failure = failure_of(classify_json({"code": digits}))
+    assert failure.bucket is Bucket.MALFORMED
+    assert failure.code is None
+
+
+@pytest.mark.parametrize("code", [2**30, 2**31 - 1, -(2**31 - 1), 2147483647.0, -2147483647.0])
+def test_codes_inside_the_32_bit_range_are_read(code: float) -> None:
+    """An integer (or integral float) code with |code| < 2**31 is read as that code."""
+    failure = failure_of(classify_json({"code": code}))
+    assert (failure.bucket, failure.code) == (Bucket.UNKNOWN_CODE, int(code))
+
+
+@pytest.mark.parametrize(
+    "code", [2**31, -(2**31), 2**32, 3**31, 2147483648.0, -2147483648.0, 4294967296.0, 1e20]
+)
+def test_codes_outside_the_32_bit_range_are_malformed(code: float) -> None:
+    """An integer (or integral float) code with |code| >= 2**31 is not a code: MALFORMED."""
+    failure = failure_of(classify_json({"code": code}))
+    assert (failure.bucket, failure.code) == (Bucket.MALFORMED, None)
+
+
+def test_accepted_keeps_task_id() -> None:
+    """Sanity: a createTask reply with a task id is Accepted (the helpers above work)."""
+    assert classify_json({"taskId": 7}, endpoint=CREATE) == Accepted(7)
+
+
+class _UnprintableError(TransportError):
+    """A transport error whose `str()` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("cannot print this error")
+
+
+def test_classify_survives_an_error_it_cannot_print() -> None:
+    """classify is total even when reading the transport error raises: MALFORMED, not a crash."""
+    failure = failure_of(classify(RESULT, _UnprintableError("x")))
+    assert (failure.bucket, failure.name) == (Bucket.MALFORMED, "UNCLASSIFIABLE_REPLY")
+    assert "cannot print this error" in failure.message
+
+
+@pytest.mark.parametrize("status", [200, 201, 204, 250, 299])
+def test_every_2xx_status_is_success(status: int) -> None:
+    """Any status from 200 to 299 inclusive with a documented body is a success, not HTTP."""
+    assert classify_json({"taskId": 7}, status=status, endpoint=CREATE) == Accepted(7)
+
+
+@pytest.mark.parametrize("status", [199, 300])
+def test_statuses_just_outside_2xx_are_http_failures(status: int) -> None:
+    """199 and 300 with a success-shaped body and no code are UNEXPECTED_HTTP failures."""
+    failure = failure_of(classify_json({"taskId": 7}, status=status, endpoint=CREATE))
+    assert (failure.bucket, failure.http_status) == (Bucket.UNEXPECTED_HTTP, status)
+
+
+@pytest.mark.parametrize("msg", ["Already over the limit", "Zzz, over the limit", "rate limited"])
+def test_documented_code_keeps_any_other_server_msg(msg: str) -> None:
+    """A documented code's message keeps any server msg that is not just the code's name."""
+    failure = failure_of(classify_json({"code": 16, "msg": msg}))
+    assert failure.name == "RATE_LIMITED"
+    assert failure.message.endswith(f"(server: {msg})")
+
+
+def test_documented_code_drops_a_msg_that_is_its_name() -> None:
+    """A documented code whose msg is exactly its name adds nothing to the table's meaning."""
+    failure = failure_of(classify_json({"code": 16, "msg": "RATE_LIMITED"}))
+    assert "(server:" not in failure.message
+
+
+@pytest.mark.parametrize("hint", [0, 1, 500_000_000_000, 10**12])
+def test_integer_retry_after_sec_up_to_1e12_is_exact(hint: int) -> None:
+    """An integer `retryAfterSec` from 0 up to 10**12 is the hint exactly, 0 included."""
+    failure = failure_of(classify_json({"code": 16, "retryAfterSec": hint}))
+    assert failure.retry_after == float(hint)
+    assert isinstance(failure.retry_after, float)
+
+
+@pytest.mark.parametrize("hint", [10**12 + 1, 10**13, 10**400])
+def test_integer_retry_after_sec_above_1e12_is_clamped(hint: int) -> None:
+    """An integer `retryAfterSec` above 10**12 s is clamped to 1e12 s (so it fits a float)."""
+    failure = failure_of(classify_json({"code": 16, "retryAfterSec": hint}))
+    assert failure.retry_after == 1e12
+
+
+@pytest.mark.parametrize("length", [199, 200])
+def test_message_of_200_chars_is_kept_whole(length: int) -> None:
+    """A one-line message of at most 200 characters is kept whole, with no ellipsis."""
+    text = "x" * length
+    assert failure_of(classify(RESULT, NotSent(text))).message == text
+
+
+@pytest.mark.parametrize("length", [201, 202, 5000])
+def test_message_over_200_chars_is_cut_to_exactly_200(length: int) -> None:
+    """A longer message is cut to exactly 200 characters: 197 of the text, then '...'."""
+    message = failure_of(classify(RESULT, NotSent("y" * length))).message
+    assert message == "y" * 197 + "..."
+
+
+def test_classify_options_are_keyword_only() -> None:
+    """`wall_time` and `secret` can only be passed by keyword."""
+    reply = ApiReply.json({"status": "processing"})
+    assert classify(endpoint=RESULT, result=reply, wall_time=1.0) == classify(RESULT, reply)
+    with pytest.raises(TypeError):
+        classify(RESULT, reply, 1.0)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("status", "bucket"),
+    [
+        (499, Bucket.UNEXPECTED_HTTP),
+        (500, Bucket.TRANSIENT_HTTP),
+        (599, Bucket.TRANSIENT_HTTP),
+        (600, Bucket.UNEXPECTED_HTTP),
+        (601, Bucket.UNEXPECTED_HTTP),
+        (999, Bucket.UNEXPECTED_HTTP),
+    ],
+)
+def test_transient_5xx_range_is_exactly_500_to_599(status: int, bucket: Bucket) -> None:
+    """Without an API code, 500-599 are transient; 499 and 600 and above are unexpected."""
+    failure = failure_of(classify(RESULT, ApiReply(status, b"")))
+    assert (failure.bucket, failure.name) == (bucket, f"HTTP_{status}")
+
+
+def test_key_inside_a_documented_name_is_redacted() -> None:
+    """The key is redacted from a failure's name even when its message does not contain it."""
+    key = ApiKey("E_LIMITED")  # at least ApiKey.MIN_REDACTED_LENGTH characters
+    failure = failure_of(classify(RESULT, ApiReply.json({"code": 16}), secret=key))
+    assert failure.name == "RAT***"
+    assert "E_LIMITED" not in failure.message
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("Wed, 21 Oct 2015 08:28:00 +0100", 60.0),
+        ("Wed, 21 Oct 2015 02:28:00 -0500", 60.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 60.0),
+    ],
+)
+def test_retry_after_date_keeps_its_zone_offset(target: str, expected: float) -> None:
+    """A `Retry-After` date with a numeric zone is measured in that zone, not taken as UTC."""
+    assert parse_retry_after(target, "Wed, 21 Oct 2015 07:27:00 GMT") == expected
+
+
+@pytest.mark.parametrize("code", [-1, -16])
+def test_negative_code_is_an_api_error(code: int) -> None:
+    """A negative `code` is non-zero, so it is an (undocumented) API error, not a success."""
+    failure = failure_of(classify_json({"code": code, "status": "processing"}))
+    assert (failure.bucket, failure.code) == (Bucket.UNKNOWN_CODE, code)

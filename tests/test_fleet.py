@@ -35,13 +35,10 @@ from captchaflow.policies import (
     RetryBudget,
     SharedPause,
 )
-from captchaflow.transports import (
+from captchaflow.transports import ApiReply, ApiRequest, Endpoint, HandlerTransport
+from captchaflow.transports.sim import (
     AccountSpec,
-    ApiReply,
-    ApiRequest,
-    Endpoint,
     FaultRates,
-    HandlerTransport,
     Outage,
     PlanState,
     Scenario,

@@ -217,3 +217,36 @@ def test_dot_drawn_from_machine() -> None:
     edges = [line for line in dot.splitlines() if "label=" in line]
     assert len(edges) == sum(len(m) for m in machine_table().values())
     assert '"submitted" -> "polling" [label="accept"];' in dot
+
+
+# -- boundaries pinned for mutants that survived benchmarks/mutation.py --------------------
+
+
+class _Model:
+    """The least a job needs to be moved by the machine."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+def test_live_states_are_exactly_the_non_terminal_ones() -> None:
+    """LIVE_STATES is submitted, polling and backoff: every state that is not terminal."""
+    live = fsm_module.LIVE_STATES
+    assert live == {TaskState.SUBMITTED, TaskState.POLLING, TaskState.BACKOFF}
+    assert live | TERMINAL_STATES == set(TaskState)
+
+
+def test_illegal_move_of_a_known_trigger_is_not_called_unknown() -> None:
+    """Firing a known trigger in the wrong state names it an event, not an unknown event."""
+    with pytest.raises(IllegalTransitionError) as caught:
+        fire(_Model("ready"), "accept")
+    assert str(caught.value).endswith(": can't handle event 'accept' in state 'ready'")
+    assert (caught.value.trigger, caught.value.state) == ("accept", "ready")
+
+
+def test_dot_draws_every_state_with_its_shape() -> None:
+    """The drawing has one node per state: terminal ones double circles, live ones circles."""
+    dot = machine_dot()
+    for state in TaskState:
+        shape = "doublecircle" if state in TERMINAL_STATES else "circle"
+        assert f'  "{state.value}" [shape={shape}];' in dot.splitlines()

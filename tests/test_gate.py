@@ -32,7 +32,8 @@ from captchaflow.policies import (
     StartupWindow,
     bucket_of_code,
 )
-from captchaflow.transports import AccountSpec, Endpoint, Scenario, SimulatedAPI, TaskTypeSpec
+from captchaflow.transports import Endpoint
+from captchaflow.transports.sim import AccountSpec, Scenario, SimulatedAPI, TaskTypeSpec
 
 CREATE, POLL = Endpoint.CREATE_TASK, Endpoint.GET_TASK_RESULT
 

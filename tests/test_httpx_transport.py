@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from captchaflow.engine import Engine, HttpStatusError
+from captchaflow.engine.cli import exit_code_for
 from captchaflow.transports import (
     DEFAULT_BASE_URL,
     ApiKey,
@@ -400,7 +401,7 @@ async def test_engine_fails_at_once_on_an_untrusted_certificate(
         elapsed = time.monotonic() - started
     assert isinstance(job.error, HttpStatusError)
     assert job.error.name == "TLS_CERTIFICATE_REJECTED"
-    assert job.error.exit_code == 6
+    assert exit_code_for(job.error) == 6
     assert "not retried" in job.error.message
     assert handshakes == [False]
     assert elapsed < 5  # the first retry alone would wait at least 1 s; six take over 15 s

@@ -40,6 +40,7 @@ from captchaflow.engine import (
     error_class_for,
 )
 from captchaflow.engine import _job as job_module
+from captchaflow.engine.cli import exit_code_for
 from captchaflow.policies import (
     Bucket,
     Decision,
@@ -430,7 +431,7 @@ def test_invalid_task_rejected_before_anything_is_sent(task: object) -> None:
     """A task that is not a JSON object with a string type raises InvalidTaskError."""
     with pytest.raises(InvalidTaskError) as caught:
         Job(task, key=KEY, policy=NoRetry(), schedule=FixedInterval(), now=0, timeout=1)  # type: ignore[arg-type]
-    assert caught.value.exit_code == 2
+    assert exit_code_for(caught.value) == 2
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
@@ -477,13 +478,14 @@ def test_key_echoed_by_server_is_redacted() -> None:
 def test_each_bucket_has_its_error_class(
     bucket: Bucket, cls: type[CaptchaflowError], exit_code: int
 ) -> None:
-    """Giving up on a bucket raises its class, carrying code, name, history and exit code."""
+    """Giving up on a bucket raises its class, carrying code, name and history; the command
+    exits with the class's status."""
     assert error_class_for(bucket) is cls
     job = new_job(policy=NoRetry())
     send(job, 0)
     job.feed(fail(bucket, Endpoint.CREATE_TASK, code=7), 0)
     error = job.error
-    assert type(error) is cls and error.exit_code == exit_code
+    assert type(error) is cls and exit_code_for(error) == exit_code
     assert error.code == 7 and error.name == bucket.name
     assert error.history and error.history[-1].dest == "failed"
     assert error.summary().startswith(f"{bucket.name} (7): ")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import importlib
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -15,10 +17,12 @@ PACKAGES = {
     "policies": "captchaflow.policies",
 }
 ALLOWED = {
-    "transports": set(),
-    "policies": {"captchaflow.transports"},
-    "engine": {"captchaflow.transports", "captchaflow.policies"},
+    "transports": {"captchaflow._lazy"},
+    "policies": {"captchaflow.transports", "captchaflow._lazy"},
+    "engine": {"captchaflow.transports", "captchaflow.policies", "captchaflow._lazy"},
 }
+IO_LIBRARIES = {"httpx", "httpcore", "h11", "anyio", "sniffio", "trio", "asyncio", "socket", "ssl"}
+"""Libraries that do I/O (or, like email.utils, import socket to): the core loads none."""
 SANS_IO_CORE = ["_classify.py", "_fsm.py", "_job.py", "_errors.py"]
 IO_MODULES = {
     "httpx",
@@ -66,17 +70,54 @@ def test_sans_io_core_imports_no_io(module: str) -> None:
     assert not roots & IO_MODULES, roots & IO_MODULES
 
 
-@pytest.mark.parametrize("package", sorted(PACKAGES.values()))
+def test_importing_the_packages_loads_no_io_library() -> None:
+    """In a fresh interpreter, importing captchaflow.engine, .policies and .transports and
+    using the sans-IO core (a job, classification) loads no I/O library: the drivers, the
+    httpx transport and the simulator are imported only when used."""
+    code = (
+        "import sys, captchaflow.engine, captchaflow.policies, captchaflow.transports\n"
+        "from captchaflow.engine import Job, classify, TaskState\n"
+        "from captchaflow.transports import ApiKey, ApiReply, Endpoint\n"
+        "reply = ApiReply(200, b'{\"taskId\": 1}', {})\n"
+        "classify(Endpoint.CREATE_TASK, reply, secret=ApiKey('sk-layout-test'))\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "captchaflow" in loaded
+    assert not loaded & IO_LIBRARIES, loaded & IO_LIBRARIES
+    sim = "import sys, captchaflow.engine\nprint('captchaflow.transports.sim' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", sim], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_lazy_names_load_on_first_use() -> None:
+    """A lazily exported name is the real object once used (and listed by dir())."""
+    import captchaflow.engine as engine
+    import captchaflow.transports as transports
+
+    assert "Engine" in dir(engine) and "HttpxTransport" in dir(transports)
+    assert engine.Engine.__module__ == "captchaflow.engine._engine"
+    assert transports.HttpxTransport.__module__ == "captchaflow.transports._httpx"
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        engine.Nope  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "package", [*sorted(PACKAGES.values()), "captchaflow.transports.sim", "captchaflow.engine.cli"]
+)
 def test_all_is_exactly_the_public_names(package: str) -> None:
-    """`__all__` lists every public name the package defines, and only those, sorted."""
+    """`__all__` lists every public name the package defines (lazily or not), and only
+    those, sorted."""
     module = importlib.import_module(package)
-    public = {name for name in vars(module) if not name.startswith("_")}
+    public = {name for name in dir(module) if not name.startswith("_")}
     submodules = {name for name in public if type(getattr(module, name)).__name__ == "module"}
     assert set(module.__all__) == public - submodules
     assert list(module.__all__) == sorted(module.__all__, key=lambda n: (not n.isupper(), n))
 
 
-@pytest.mark.parametrize("folder", sorted(PACKAGES))
+@pytest.mark.parametrize("folder", [*sorted(PACKAGES), "engine/cli"])
 def test_py_typed_shipped(folder: str) -> None:
     """Each subpackage ships a py.typed marker."""
     assert (ROOT / folder / "py.typed").exists()

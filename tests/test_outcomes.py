@@ -33,9 +33,9 @@ from captchaflow.policies import (
     Refuse,
     RetryBudget,
 )
-from captchaflow.transports import (
+from captchaflow.transports import Endpoint
+from captchaflow.transports.sim import (
     AccountSpec,
-    Endpoint,
     FaultKind,
     FaultRates,
     Outage,

@@ -13,7 +13,14 @@ import attrs
 import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
-from strategies import BACKOFF_CLASSES, PolicyRecipe, contexts, failures, policy_recipes
+from strategies import (
+    BACKOFF_CLASSES,
+    EdgeRandom,
+    PolicyRecipe,
+    contexts,
+    failures,
+    policy_recipes,
+)
 
 from captchaflow.policies import (
     CODE_TABLE,
@@ -733,3 +740,130 @@ def test_deadline_property_catches_policy_that_ignores_deadline() -> None:
     with pytest.raises(AssertionError):
         check_within_deadline(_IgnoresDeadline(), failure, ctx(time_left=10.0))
     check_within_deadline(FixedDelay(), failure, ctx(time_left=10.0))
+
+
+# -- boundaries pinned for mutants that survived benchmarks/mutation.py --------------------
+
+
+def _ctx(attempt: int = 1, resubmits: int = 0, previous_delay: float | None = None) -> RetryContext:
+    """A context far from its deadline."""
+    return RetryContext(
+        attempt=attempt,
+        resubmits=resubmits,
+        now=100.0,
+        deadline=1e9,
+        previous_delay=previous_delay,
+    )
+
+
+def _retryable() -> Failure:
+    return Failure(Bucket.RETRYABLE, "NO_SLOT_AVAILABLE", "", RESULT, code=2)
+
+
+def test_time_left_is_deadline_minus_now() -> None:
+    """`RetryContext.time_left` is the deadline minus now, negative once it has passed."""
+    assert RetryContext(attempt=1, resubmits=0, now=10.0, deadline=25.0).time_left == 15.0
+    assert RetryContext(attempt=1, resubmits=0, now=30.0, deadline=25.0).time_left == -5.0
+
+
+@pytest.mark.parametrize(
+    ("cls", "args"),
+    [
+        (RetryContext, (1, 0, 0.0, 10.0)),
+        (FixedDelay, (5.0,)),
+        (Exponential, (1.0,)),
+        (FullJitter, (1.0,)),
+        (EqualJitter, (1.0,)),
+        (DecorrelatedJitter, (1.0,)),
+        (DocumentedPolicy, (30.0,)),
+        (FixedInterval, (2.0,)),
+    ],
+)
+def test_settings_are_keyword_only(cls: type, args: tuple[Any, ...]) -> None:
+    """Contexts, policies and poll schedules take their settings by keyword only."""
+    with pytest.raises(TypeError):
+        cls(*args)
+
+
+def test_builtin_defaults_are_the_documented_ones() -> None:
+    """Defaults: base 1 s and cap 30 s for the exponential family, 2 s fixed, 0 s resubmit."""
+    for cls in (Exponential, FullJitter, EqualJitter, DecorrelatedJitter):
+        policy = cls()
+        assert (policy.base, policy.cap) == (1.0, 30.0), cls
+    assert (DocumentedPolicy().cap, DocumentedPolicy().jitter) == (30.0, 1.0)
+    assert FixedDelay().delay == 2.0
+    assert Resubmit().delay == 0.0
+
+
+def test_no_retry_is_a_frozen_value() -> None:
+    """`NoRetry` instances are equal to each other and immutable (an attrs frozen class)."""
+    assert NoRetry() == NoRetry()
+    with pytest.raises(AttributeError):
+        NoRetry().x = 1  # type: ignore[attr-defined]
+
+
+def test_rng_is_not_in_the_repr() -> None:
+    """A policy's repr shows its settings, not its random generator."""
+    assert "rng" not in repr(DocumentedPolicy(rng=random.Random(1)))
+
+
+@pytest.mark.parametrize(
+    ("resubmits", "reason"), [(0, "resubmit 1"), (1, "resubmit 2"), (2, "resubmit 3")]
+)
+def test_resubmit_reason_counts_the_new_task(resubmits: int, reason: str) -> None:
+    """An unsolvable failure's Resubmit says which resubmission it is: 1, 2, 3."""
+    unsolvable = Failure(Bucket.UNSOLVABLE, "ERROR_CAPTCHA_UNSOLVABLE", "", RESULT, code=12)
+    decision = DocumentedPolicy().decide(unsolvable, _ctx(resubmits=resubmits))
+    assert isinstance(decision, Resubmit)
+    assert decision.reason == reason
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_retry_reason_names_the_next_attempt(attempt: int) -> None:
+    """A RetryAfter says why and which attempt comes next: "backoff, attempt 2/6"."""
+    decision = FixedDelay().decide(_retryable(), _ctx(attempt=attempt))
+    assert isinstance(decision, RetryAfter)
+    assert decision.reason == f"backoff, attempt {attempt + 1}/6"
+    hinted = attrs.evolve(_retryable(), retry_after=3.0)
+    decision = FixedDelay().decide(hinted, _ctx(attempt=attempt))
+    assert isinstance(decision, RetryAfter)
+    assert decision.reason == f"server retry hint, attempt {attempt + 1}/6"
+
+
+@pytest.mark.parametrize(("value", "jitter", "extra"), [(0.5, 2.0, 1.0), (0.25, 4.0, 1.0)])
+def test_documented_jitter_scales_the_draw(value: float, jitter: float, extra: float) -> None:
+    """DocumentedPolicy adds `random() * jitter`: a draw of 0.5 with jitter 2 adds 1 s."""
+    policy = DocumentedPolicy(jitter=jitter, rng=EdgeRandom(value=value))
+    assert policy.backoff(_ctx(attempt=3)) == 4.0 + extra
+
+
+@pytest.mark.parametrize(("high", "expected"), [(True, 8.0), (False, 0.0)])
+def test_full_jitter_draws_between_zero_and_the_exponential(high: bool, expected: float) -> None:
+    """FullJitter draws in [0, base * 2 ** (attempt - 1)]: attempt 4 spans [0, 8]."""
+    assert FullJitter(rng=EdgeRandom(high=high)).backoff(_ctx(attempt=4)) == expected
+
+
+@pytest.mark.parametrize(("high", "expected"), [(True, 8.0), (False, 4.0)])
+def test_equal_jitter_draws_in_the_upper_half(high: bool, expected: float) -> None:
+    """EqualJitter draws in [t / 2, t] with t the capped exponential: attempt 4 spans [4, 8]."""
+    assert EqualJitter(rng=EdgeRandom(high=high)).backoff(_ctx(attempt=4)) == expected
+
+
+@pytest.mark.parametrize(
+    ("previous", "high", "expected"),
+    [(2.0, True, 6.0), (2.0, False, 1.0), (None, True, 3.0), (20.0, True, 30.0), (0.1, True, 1.0)],
+)
+def test_decorrelated_jitter_grows_to_three_times_the_previous_delay(
+    previous: float | None, high: bool, expected: float
+) -> None:
+    """DecorrelatedJitter draws in [base, max(base, 3 * previous)], capped at 30 s."""
+    policy = DecorrelatedJitter(rng=EdgeRandom(high=high))
+    assert policy.backoff(_ctx(previous_delay=previous)) == expected
+
+
+def test_exponent_is_clamped_at_64() -> None:
+    """With no cap, a huge attempt waits base * 2 ** 64: the exponent stops growing at 64."""
+    policy = Exponential(cap=float("inf"), max_attempts=10**6)
+    assert policy.backoff(_ctx(attempt=65)) == 2.0**64
+    assert policy.backoff(_ctx(attempt=10**5)) == 2.0**64
+    assert policy.backoff(_ctx(attempt=64)) == 2.0**63

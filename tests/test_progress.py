@@ -36,10 +36,9 @@ from captchaflow.policies import (
     RetryAfter,
     RetryContext,
 )
-from captchaflow.transports import (
+from captchaflow.transports import ApiKey, Endpoint
+from captchaflow.transports.sim import (
     AccountSpec,
-    ApiKey,
-    Endpoint,
     FaultRates,
     Scenario,
     SimulatedAPI,

@@ -21,17 +21,19 @@ from raw_api import ConnectionLog, Hold, RawAPI, Send, Step, Stream, http_reply,
 from captchaflow.engine import Engine, Job, JobCancelledError, Move
 from captchaflow.policies import FixedInterval
 from captchaflow.transports import (
-    AccountSpec,
     ApiKey,
     ApiRequest,
     BadReply,
     HttpxTransport,
     NotSent,
+    TransportError,
+)
+from captchaflow.transports.sim import (
+    AccountSpec,
     Scenario,
     SimulatedAPI,
     SimulatorServer,
     TaskTypeSpec,
-    TransportError,
 )
 
 pytestmark = pytest.mark.filterwarnings(

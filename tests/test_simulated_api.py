@@ -13,23 +13,18 @@ import pytest
 
 from captchaflow.engine import Accepted, VirtualClock, classify
 from captchaflow.policies import Bucket, Failure
-from captchaflow.transports import (
+from captchaflow.transports import ApiKey, ApiReply, ApiRequest, Endpoint, NotSent, SentNoReply
+from captchaflow.transports.sim import (
     AccountSpec,
-    ApiKey,
-    ApiReply,
-    ApiRequest,
-    Endpoint,
     Exchange,
     Fate,
     FaultKind,
     FaultRates,
-    NotSent,
     Outage,
     PlanState,
     Scenario,
     ScenarioError,
     ScheduledFault,
-    SentNoReply,
     SimRequest,
     SimulatedAPI,
     SimulatedTransport,

@@ -22,7 +22,7 @@ from captchaflow.engine import (
     UnsolvableError,
 )
 from captchaflow.policies import DocumentedPolicy, FixedDelay, FixedInterval, FleetGate, NoRetry
-from captchaflow.transports import (
+from captchaflow.transports.sim import (
     AccountSpec,
     FaultKind,
     FaultRates,

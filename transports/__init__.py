@@ -1,7 +1,12 @@
 """The wire: request and reply types, error codes, the `Transport` interface and its failures,
-the httpx transport, and the simulated service with its scenarios and its HTTP server.
+and the transports (`HttpxTransport`, `HandlerTransport`). The simulated service is a
+subpackage of its own, imported explicitly: `captchaflow.transports.sim`.
 
 This layer imports nothing from `captchaflow.policies` or `captchaflow.engine`."""
+
+import typing
+
+from captchaflow import _lazy
 
 from ._base import (
     BadReply,
@@ -12,40 +17,35 @@ from ._base import (
     Transport,
     TransportError,
 )
-from ._httpx import (
-    DEFAULT_BASE_URL,
-    HttpxTransport,
-    InsecureTransportWarning,
-    check_base_url,
-    is_loopback,
-)
-from ._scenario import (
-    AccountSpec,
-    FaultKind,
-    FaultRates,
-    Outage,
-    PlanState,
-    Scenario,
-    ScenarioError,
-    ScheduledFault,
-    TaskTypeSpec,
-)
-from ._sim import (
-    Exchange,
-    Fate,
-    SimRequest,
-    SimStats,
-    SimTask,
-    SimulatedAPI,
-    SimulatedClock,
-    SimulatedTransport,
-)
-from ._sim_server import SimulatorServer, serve_simulator, simulator_in_thread
 from ._wire import ApiKey, ApiReply, ApiRequest, Endpoint, ErrorCode, JsonValue, TaskId
+
+if typing.TYPE_CHECKING:
+    from ._httpx import (
+        DEFAULT_BASE_URL,
+        HttpxTransport,
+        InsecureTransportWarning,
+        check_base_url,
+        is_loopback,
+    )
+
+# The httpx transport loads httpx, anyio and ssl: imported on first use.
+__getattr__, __dir__ = _lazy.lazy_exports(
+    __name__,
+    globals(),
+    {
+        name: "._httpx"
+        for name in (
+            "DEFAULT_BASE_URL",
+            "HttpxTransport",
+            "InsecureTransportWarning",
+            "check_base_url",
+            "is_loopback",
+        )
+    },
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
-    "AccountSpec",
     "ApiKey",
     "ApiReply",
     "ApiRequest",
@@ -53,34 +53,15 @@ __all__ = [
     "CertificateRejected",
     "Endpoint",
     "ErrorCode",
-    "Exchange",
-    "Fate",
-    "FaultKind",
-    "FaultRates",
     "HandlerTransport",
     "HttpxTransport",
     "InsecureTransportWarning",
     "JsonValue",
     "NotSent",
-    "Outage",
-    "PlanState",
-    "Scenario",
-    "ScenarioError",
-    "ScheduledFault",
     "SentNoReply",
-    "SimRequest",
-    "SimStats",
-    "SimTask",
-    "SimulatedAPI",
-    "SimulatedClock",
-    "SimulatedTransport",
-    "SimulatorServer",
     "TaskId",
-    "TaskTypeSpec",
     "Transport",
     "TransportError",
     "check_base_url",
     "is_loopback",
-    "serve_simulator",
-    "simulator_in_thread",
 ]

@@ -46,10 +46,9 @@ from captchaflow.policies import (
     RetryAfter,
     RetryContext,
 )
-from captchaflow.transports import (
+from captchaflow.transports import ApiRequest, Endpoint
+from captchaflow.transports.sim import (
     AccountSpec,
-    ApiRequest,
-    Endpoint,
     FaultRates,
     Outage,
     PlanState,
@@ -408,7 +407,7 @@ def caught(
 
 def test_mutant_deadline_never_failed_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """A job that never fails at its deadline violates `terminal`."""
-    monkeypatch.setattr(job_module.Job, "_fail_deadline", lambda self, now: None)
+    monkeypatch.setattr(job_module.Job, "_fail_deadline", lambda self, now, reason="": None)
     assert caught(check_terminal)
 
 

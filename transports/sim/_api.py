@@ -37,7 +37,9 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from ._base import NotSent, SentNoReply, TransportError
+from captchaflow.transports._base import NotSent, SentNoReply, TransportError
+from captchaflow.transports._wire import ApiReply, ApiRequest, ErrorCode
+
 from ._scenario import (
     BEFORE_SERVICE,
     AccountSpec,
@@ -45,7 +47,6 @@ from ._scenario import (
     PlanState,
     Scenario,
 )
-from ._wire import ApiReply, ApiRequest, ErrorCode
 
 __all__ = [
     "Exchange",

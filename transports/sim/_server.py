@@ -39,7 +39,7 @@ import anyio.abc
 import anyio.from_thread
 import h11
 
-from ._sim import Fate, SimulatedAPI
+from ._api import Fate, SimulatedAPI
 
 __all__ = ["SimulatorServer", "serve_simulator", "simulator_in_thread"]
 

@@ -45,14 +45,11 @@ from captchaflow.transports import (
     ApiRequest,
     BadReply,
     Endpoint,
-    Exchange,
-    Fate,
     HandlerTransport,
     NotSent,
-    Scenario,
-    SimulatedAPI,
     TransportError,
 )
+from captchaflow.transports.sim import Exchange, Fate, Scenario, SimulatedAPI
 
 KEY = "sk-test-7f3c9a1e-DO-NOT-LEAK"
 TASK = {"type": "ImageToTextTask", "body": "aGVsbG8="}

@@ -1,0 +1,8 @@
+"""`python -m captchaflow.engine.cli`: the command, as `captchaflow` runs it."""
+
+import sys
+
+from . import main
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

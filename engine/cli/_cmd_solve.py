@@ -1,0 +1,121 @@
+"""`captchaflow solve`: solve one task against the real API; print its solution as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from captchaflow.engine._driver import MoveHook, log_move
+from captchaflow.engine._engine import DEFAULT_TIMEOUT, solve
+from captchaflow.engine._errors import CaptchaflowError, MalformedReplyError
+from captchaflow.engine._fsm import Move
+from captchaflow.engine._job import Job
+from captchaflow.transports import DEFAULT_BASE_URL, ApiKey
+
+from ._args import _Commands, _positive_seconds
+from ._base_url import _checked_base_url
+from ._exit import _fail_with
+from ._inputs import KEY_ENV, MAX_IMAGE_BYTES, MAX_TASK_BYTES, _read_key, _read_task, _size
+from ._output import TerminalFormatter, _fail
+
+
+def register(commands: _Commands) -> argparse.ArgumentParser:
+    """Add `solve` and its options to `commands`; return its parser."""
+    solve_cmd = commands.add_parser(
+        "solve",
+        help="solve one task and print its solution as one line of JSON",
+        description="Solve one task; print the solution as one line of JSON on stdout.",
+        epilog="exit status: 0 solved, 2 usage or invalid input, 3 permanent account error "
+        "(codes 1, 3, 14, 15), 4 bad request (10), 5 unsolvable (12), 6 gave up "
+        "(transient or transport failures, deadline), 130 interrupted",
+    )
+    source = solve_cmd.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", metavar="JSON", help="the task as a JSON object")
+    source.add_argument(
+        "--task-file",
+        metavar="PATH",
+        help=f"a file holding the task as JSON ('-' for stdin; at most {_size(MAX_TASK_BYTES)})",
+    )
+    source.add_argument(
+        "--image",
+        metavar="PATH",
+        help=f"an image file, sent as an ImageToTextTask (at most {_size(MAX_IMAGE_BYTES)})",
+    )
+    solve_cmd.add_argument(
+        "--base-url", default=DEFAULT_BASE_URL, help=f"the API's base URL ({DEFAULT_BASE_URL})"
+    )
+    solve_cmd.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"overall deadline in seconds (default {DEFAULT_TIMEOUT:g})",
+    )
+    solve_cmd.add_argument(
+        "--key-file", metavar="PATH", help=f"read the API key from this file instead of ${KEY_ENV}"
+    )
+    solve_cmd.add_argument(
+        "--allow-shared-key-file",
+        action="store_true",
+        help="accept a --key-file that others can read (for containers that mount secrets so)",
+    )
+    solve_cmd.add_argument(
+        "-v", "--verbose", action="store_true", help="log every state change to stderr"
+    )
+    return solve_cmd
+
+
+def _warn_unresolved_host(key: ApiKey) -> MoveHook:
+    """The move hook of `solve`: logs every move (for `-v`) and, the first time a request
+    fails because the host cannot be resolved, says so on stderr at once, instead of
+    retrying in silence until the deadline."""
+    warned = False
+
+    def hook(job: Job, move: Move) -> None:
+        nonlocal warned
+        log_move(job, move)
+        failure = job.last_failure
+        if warned or move.trigger != "defer" or failure is None:
+            return
+        if failure.message.startswith("cannot resolve host"):
+            warned = True
+            _fail(f"warning: {failure.message}; retrying until the deadline", 0, key)
+
+    return hook
+
+
+def run(args: argparse.Namespace) -> int:
+    """Solve the task `args` name; print the solution; return the exit status."""
+    task = _read_task(args)
+    key = _read_key(args.key_file, allow_shared=args.allow_shared_key_file)
+    base_url = _checked_base_url(args.base_url)
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(TerminalFormatter(key))
+        logging.getLogger("captchaflow").addHandler(handler)
+        logging.getLogger("captchaflow").setLevel(logging.DEBUG)
+    try:
+        solution = solve(
+            task,
+            key=key,
+            base_url=base_url,
+            timeout=args.timeout,
+            on_move=_warn_unresolved_host(key),
+        )
+    except CaptchaflowError as exc:
+        return _fail_with(exc, key)
+    try:
+        # Strict JSON (no NaN or Infinity), ASCII only: it prints on any terminal encoding,
+        # so a paid-for solution is never lost to a UnicodeEncodeError.
+        line = json.dumps(solution, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        error = MalformedReplyError(
+            "the solution holds NaN or an infinite number, which JSON cannot carry; "
+            "it was not printed",
+            name="NON_FINITE_NUMBER",
+        )
+        return _fail_with(error, key)
+    print(line)
+    return 0
