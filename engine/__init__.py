@@ -9,7 +9,16 @@ import typing
 
 from captchaflow import _lazy
 
-from ._classify import Accepted, Outcome, Processing, Solved, classify, parse_retry_after
+from ._balance import BalanceQuery
+from ._classify import (
+    Accepted,
+    Balance,
+    Outcome,
+    Processing,
+    Solved,
+    classify,
+    parse_retry_after,
+)
 from ._errors import (
     BadRequestError,
     CaptchaflowError,
@@ -45,7 +54,15 @@ from ._job import MAX_HOLDS_AT_ONE_TIME, MIN_WAIT, Action, Finished, Job, Send, 
 if typing.TYPE_CHECKING:
     from ._clock import Clock, SystemClock, VirtualClock
     from ._driver import SEND_GRACE, MoveHook, Waker, drive, log_move
-    from ._engine import DEFAULT_TIMEOUT, Engine, EngineOptions, default_gate, solve, solve_many
+    from ._engine import (
+        DEFAULT_TIMEOUT,
+        Engine,
+        EngineOptions,
+        balance,
+        default_gate,
+        solve,
+        solve_many,
+    )
     from ._simulation import ExchangeHook, Simulation, SimulationReport
 
 # Drivers (anyio), the facade (httpx) and the simulation (the simulated service) are imported
@@ -57,6 +74,7 @@ _LAZY = {
         "DEFAULT_TIMEOUT",
         "Engine",
         "EngineOptions",
+        "balance",
         "default_gate",
         "solve",
         "solve_many",
@@ -77,6 +95,8 @@ __all__ = [
     "Accepted",
     "Action",
     "BadRequestError",
+    "Balance",
+    "BalanceQuery",
     "CaptchaflowError",
     "Clock",
     "ConnectionFailedError",
@@ -113,6 +133,7 @@ __all__ = [
     "VirtualClock",
     "Wait",
     "Waker",
+    "balance",
     "classify",
     "default_gate",
     "drive",

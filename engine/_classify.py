@@ -50,7 +50,15 @@ from captchaflow.transports import (
     TransportError,
 )
 
-__all__ = ["Accepted", "Outcome", "Processing", "Solved", "classify", "parse_retry_after"]
+__all__ = [
+    "Accepted",
+    "Balance",
+    "Outcome",
+    "Processing",
+    "Solved",
+    "classify",
+    "parse_retry_after",
+]
 
 _TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
 _NAME_RE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -76,7 +84,15 @@ class Solved:
     solution: Mapping[str, JsonValue]
 
 
-Outcome: TypeAlias = Accepted | Processing | Solved | Failure
+@attrs.frozen
+class Balance:
+    """getBalance: the account's remaining credit, as the API returned it (the simulated
+    service answers -1 for an account without a balance limit)."""
+
+    amount: float
+
+
+Outcome: TypeAlias = Accepted | Processing | Solved | Balance | Failure
 
 PROCESSING: Final = Processing()
 
@@ -159,6 +175,13 @@ def _classify_reply(
             endpoint, status, f"reply is a JSON {type(payload).__name__}, not an object"
         )
 
+    if endpoint is Endpoint.GET_BALANCE:
+        amount = payload.get("balance")
+        if _is_finite_number(amount):
+            return Balance(float(amount))
+        return _malformed(
+            endpoint, status, "getBalance reply has no usable balance", name="MISSING_BALANCE"
+        )
     if endpoint is Endpoint.CREATE_TASK:
         task_id = payload.get("taskId")
         if _is_task_id(task_id):
@@ -305,6 +328,11 @@ def _http_date(value: str) -> float | None:
         return moment.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+def _is_finite_number(value: JsonValue) -> TypeGuard[int | float]:
+    """A JSON number (not a bool) that is finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_task_id(value: JsonValue) -> TypeGuard[TaskId]:

@@ -10,12 +10,13 @@ import anyio
 
 from captchaflow.transports import ApiReply, ApiRequest, SentNoReply, Transport, TransportError
 
+from ._balance import BalanceQuery
 from ._classify import classify
 from ._clock import Clock
 from ._fsm import Move
 from ._job import Finished, Job, Wait
 
-__all__ = ["SEND_GRACE", "MoveHook", "Waker", "drive", "log_move"]
+__all__ = ["SEND_GRACE", "MoveHook", "Waker", "drive", "log_move", "query_balance"]
 
 MoveHook: TypeAlias = Callable[[Job, Move], None]
 """Called once for every move of every job, in order (for logging, metrics, tracing)."""
@@ -134,6 +135,30 @@ async def drive(
         if gate is not None and waker is not None:
             waker.wake(gate.wakeups())  # a finished job may free a slot for another
     return job
+
+
+async def query_balance(query: BalanceQuery, transport: Transport, clock: Clock) -> float:
+    """Run `query` until it is finished; return the balance or raise its error. Each
+    request is bounded by the time left before the query's deadline, as a job's are."""
+    while True:
+        now = clock.now()
+        action = query.next_action(now)
+        if isinstance(action, Finished):
+            break
+        if isinstance(action, Wait):
+            await clock.sleep_until(action.until)
+            continue
+        request = action.request
+        reply = await _send(transport, request, query.deadline - now)
+        if isinstance(reply, TransportBug):
+            query.fail_bug(reply.reason)
+        else:
+            outcome = classify(request.endpoint, reply, wall_time=clock.wall(), secret=query.key)
+            query.feed(outcome, clock.now())
+    if query.error is not None:
+        raise query.error
+    assert query.balance is not None  # finished without an error
+    return query.balance
 
 
 SEND_GRACE = 0.5

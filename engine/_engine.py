@@ -22,12 +22,21 @@ from captchaflow.policies import (
 )
 from captchaflow.transports import DEFAULT_BASE_URL, ApiKey, HttpxTransport, JsonValue, Transport
 
+from ._balance import BalanceQuery
 from ._clock import Clock, SystemClock
-from ._driver import MoveHook, Waker, drive, log_move
+from ._driver import MoveHook, Waker, drive, log_move, query_balance
 from ._errors import InvalidTaskError
 from ._job import Job, check_timeout, validate_task
 
-__all__ = ["DEFAULT_TIMEOUT", "Engine", "EngineOptions", "default_gate", "solve", "solve_many"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Engine",
+    "EngineOptions",
+    "balance",
+    "default_gate",
+    "solve",
+    "solve_many",
+]
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -206,6 +215,22 @@ class Engine:
         job = await self.run(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
         return job.result()
 
+    async def balance(self, *, timeout: float | None = None) -> float:
+        """The account's remaining credit, through getBalance, retried as the engine's
+        retry policy says (hints honoured) until `timeout` (default: the engine's); raises
+        the `CaptchaflowError` subclass that says why not (e.g. `PermanentError` for a key
+        that does not exist). The request goes around the account gate: the jobs never
+        wait for it."""
+        if timeout is not None:
+            check_timeout(timeout)
+        query = BalanceQuery(
+            self._key,
+            policy=self.policy,
+            now=self.clock.now(),
+            timeout=timeout if timeout is not None else self.timeout,
+        )
+        return await query_balance(query, self.transport, self.clock)
+
     async def aclose(self) -> None:
         """Close the transport if the engine created it."""
         if self._owns_transport:
@@ -239,6 +264,23 @@ def solve(
     async def run() -> Mapping[str, JsonValue]:
         async with Engine(key, **options) as engine:
             return await engine.solve(task)
+
+    return anyio.run(run, backend=backend)
+
+
+def balance(
+    *,
+    key: str | ApiKey,
+    backend: Literal["asyncio", "trio"] = "asyncio",
+    **options: Unpack[EngineOptions],
+) -> float:
+    """The account's balance, synchronously (runs its own event loop); `options` are
+    `Engine`'s. Raises a `CaptchaflowError` subclass when it cannot be had. Must not be
+    called from inside a running event loop: use `Engine.balance` there."""
+
+    async def run() -> float:
+        async with Engine(key, **options) as engine:
+            return await engine.balance()
 
     return anyio.run(run, backend=backend)
 

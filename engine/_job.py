@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, TypeAlias
 
 import attrs
@@ -129,6 +129,66 @@ def validate_task(task: object) -> Mapping[str, JsonValue]:
     except (TypeError, ValueError) as exc:
         raise InvalidTaskError(f"the task is not serialisable as JSON: {exc}") from None
     return task
+
+
+@attrs.frozen
+class Retry:
+    """A failure is retried after `delay` seconds, as `decision` says."""
+
+    delay: float
+    decision: RetryAfter | Resubmit
+
+
+@attrs.frozen
+class Stop:
+    """A failure ends the call, for `reason`; `policy_at_fault`: the retry policy raised or
+    answered garbage (a `PolicyError`), rather than giving up or running out of time."""
+
+    reason: str
+    policy_at_fault: bool = False
+
+
+def judge_failure(policy: RetryPolicy, failure: Failure, context: RetryContext) -> Retry | Stop:
+    """Ask `policy` about `failure` and hold its answer to the engine's rules: a decision is
+    checked (a forged one does not pass), the server's hint and `MIN_WAIT` are floors of the
+    wait, and a wait that would end after `context.deadline` stops the call instead."""
+    name = type(policy).__name__
+    try:
+        decision = policy.decide(failure, context)
+    except Exception as exc:
+        return Stop(f"retry policy {name} raised {exc!r}", policy_at_fault=True)
+    if isinstance(decision, GiveUp):
+        return Stop(decision.reason)
+    if not isinstance(decision, RetryAfter | Resubmit) or not (
+        _is_seconds(decision.delay) and 0 <= decision.delay < math.inf
+    ):
+        # Checked here, not only by the constructors: a forged decision must not pass.
+        return Stop(f"retry policy {name} answered {decision!r}", policy_at_fault=True)
+    # The server's hint is a floor, whatever the policy chose; so is the least step.
+    delay = max(decision.delay, failure.retry_after or 0.0)
+    delay = max(delay, MIN_WAIT)
+    if context.now + delay > context.deadline:
+        return Stop(f"waiting {delay:.3g}s would pass the deadline")
+    return Retry(delay, decision)
+
+
+def error_for(
+    failure: Failure,
+    reason: str,
+    *,
+    history: Sequence[Move] = (),
+    task_id: TaskId | None = None,
+) -> CaptchaflowError:
+    """The error that `failure` ends a call with (its bucket's class), for `reason`."""
+    return error_class_for(failure.bucket)(
+        failure.message,
+        name=failure.name,
+        code=failure.code,
+        reason=reason,
+        failure=failure,
+        history=history,
+        task_id=task_id,
+    )
 
 
 def check_timeout(timeout: float) -> None:
@@ -518,28 +578,14 @@ class Job:
             deadline=self.deadline,
             previous_delay=self._previous_delay,
         )
-        policy = type(self.policy).__name__
-        try:
-            decision = self.policy.decide(failure, context)
-        except Exception as exc:
-            self._fail_policy(now, f"retry policy {policy} raised {exc!r}")
+        verdict = judge_failure(self.policy, failure, context)
+        if isinstance(verdict, Stop):
+            if verdict.policy_at_fault:
+                self._fail_policy(now, verdict.reason)
+            else:
+                self._fail(failure, now, verdict.reason)
             return
-        what = _describe(failure)
-        if isinstance(decision, GiveUp):
-            self._fail(failure, now, decision.reason)
-            return
-        if not isinstance(decision, RetryAfter | Resubmit) or not (
-            _is_seconds(decision.delay) and 0 <= decision.delay < math.inf
-        ):
-            # Checked here, not only by the constructors: a forged decision must not pass.
-            self._fail_policy(now, f"retry policy {policy} answered {decision!r}")
-            return
-        # The server's hint is a floor, whatever the policy chose; so is the least step.
-        delay = max(decision.delay, failure.retry_after or 0.0)
-        delay = max(delay, MIN_WAIT)
-        if now + delay > self.deadline:
-            self._fail(failure, now, f"waiting {delay:.3g}s would pass the deadline")
-            return
+        delay, decision, what = verdict.delay, verdict.decision, _describe(failure)
         if isinstance(decision, Resubmit):
             self.resubmits += 1
             self.task_id = None
@@ -557,15 +603,7 @@ class Job:
 
     def _fail(self, failure: Failure, now: float, reason: str) -> None:
         self._move("fail", now, f"{_describe(failure)}; {reason}")
-        self.error = error_class_for(failure.bucket)(
-            failure.message,
-            name=failure.name,
-            code=failure.code,
-            reason=reason,
-            failure=failure,
-            history=self.history,
-            task_id=self.task_id,
-        )
+        self.error = error_for(failure, reason, history=self.history, task_id=self.task_id)
 
     def _fail_deadline(self, now: float, reason: str = "") -> None:
         last = self.last_failure

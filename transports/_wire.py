@@ -32,10 +32,12 @@ TaskId: TypeAlias = int | str
 
 
 class Endpoint(enum.StrEnum):
-    """The two calls of the protocol, valued by their URL path."""
+    """The calls of the protocol, valued by their URL path: the two of a task's life, and
+    the account's balance."""
 
     CREATE_TASK = "/createTask"
     GET_TASK_RESULT = "/getTaskResult"
+    GET_BALANCE = "/getBalance"
 
 
 class ErrorCode(enum.IntEnum):
@@ -159,6 +161,11 @@ class ApiRequest:
     def get_task_result(cls, key: ApiKey, task_id: TaskId) -> ApiRequest:
         """Build the getTaskResult request for `task_id`."""
         return cls(Endpoint.GET_TASK_RESULT, key, {"taskId": task_id})
+
+    @classmethod
+    def get_balance(cls, key: ApiKey) -> ApiRequest:
+        """Build the getBalance request of `key`'s account."""
+        return cls(Endpoint.GET_BALANCE, key, {})
 
     def body(self) -> bytes:
         """The JSON body as sent on the wire, key included."""

@@ -8,16 +8,16 @@ import logging
 import sys
 
 from captchaflow.engine._driver import MoveHook, log_move
-from captchaflow.engine._engine import DEFAULT_TIMEOUT, solve
+from captchaflow.engine._engine import solve
 from captchaflow.engine._errors import CaptchaflowError, MalformedReplyError
 from captchaflow.engine._fsm import Move
 from captchaflow.engine._job import Job
-from captchaflow.transports import DEFAULT_BASE_URL, ApiKey
+from captchaflow.transports import ApiKey
 
-from ._args import _Commands, _positive_seconds
-from ._base_url import _checked_base_url
+from ._account import _account, _add_account_options
+from ._args import _Commands
 from ._exit import _fail_with
-from ._inputs import KEY_ENV, MAX_IMAGE_BYTES, MAX_TASK_BYTES, _read_key, _read_task, _size
+from ._inputs import MAX_IMAGE_BYTES, MAX_TASK_BYTES, _read_task, _size
 from ._output import TerminalFormatter, _fail
 
 
@@ -43,24 +43,7 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"an image file, sent as an ImageToTextTask (at most {_size(MAX_IMAGE_BYTES)})",
     )
-    solve_cmd.add_argument(
-        "--base-url", default=DEFAULT_BASE_URL, help=f"the API's base URL ({DEFAULT_BASE_URL})"
-    )
-    solve_cmd.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"overall deadline in seconds (default {DEFAULT_TIMEOUT:g})",
-    )
-    solve_cmd.add_argument(
-        "--key-file", metavar="PATH", help=f"read the API key from this file instead of ${KEY_ENV}"
-    )
-    solve_cmd.add_argument(
-        "--allow-shared-key-file",
-        action="store_true",
-        help="accept a --key-file that others can read (for containers that mount secrets so)",
-    )
+    _add_account_options(solve_cmd)
     solve_cmd.add_argument(
         "-v", "--verbose", action="store_true", help="log every state change to stderr"
     )
@@ -89,8 +72,7 @@ def _warn_unresolved_host(key: ApiKey) -> MoveHook:
 def run(args: argparse.Namespace) -> int:
     """Solve the task `args` name; print the solution; return the exit status."""
     task = _read_task(args)
-    key = _read_key(args.key_file, allow_shared=args.allow_shared_key_file)
-    base_url = _checked_base_url(args.base_url)
+    key, base_url = _account(args)
     if args.verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(TerminalFormatter(key))
