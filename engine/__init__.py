@@ -47,6 +47,7 @@ from ._fsm import (
     TaskState,
     fire,
     machine_dot,
+    machine_mermaid,
     machine_table,
 )
 from ._job import MAX_HOLDS_AT_ONE_TIME, MIN_WAIT, Action, Finished, Job, Send, Wait, validate_task
@@ -141,6 +142,7 @@ __all__ = [
     "fire",
     "log_move",
     "machine_dot",
+    "machine_mermaid",
     "machine_table",
     "parse_retry_after",
     "solve",

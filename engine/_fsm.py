@@ -44,6 +44,7 @@ __all__ = [
     "TaskState",
     "fire",
     "machine_dot",
+    "machine_mermaid",
     "machine_table",
 ]
 
@@ -154,4 +155,15 @@ def machine_dot() -> str:
     for trigger, moves in machine_table().items():
         lines.extend(f'  "{src}" -> "{dst}" [label="{trigger}"];' for src, dst in moves.items())
     lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def machine_mermaid() -> str:
+    """The machine as a Mermaid state diagram (`stateDiagram-v2`), drawn from the live
+    machine itself: the initial state from `[*]`, every move labelled with its trigger,
+    and each terminal state into `[*]`."""
+    lines = ["stateDiagram-v2", f"    [*] --> {INITIAL_STATE.value}"]
+    for trigger, moves in machine_table().items():
+        lines.extend(f"    {src} --> {dst}: {trigger}" for src, dst in moves.items())
+    lines.extend(f"    {state.value} --> [*]" for state in TaskState if state in TERMINAL_STATES)
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ import itertools
 import json
 import pathlib
 import sys
+from collections.abc import Callable
 
 import pytest
 from transitions import MachineError
@@ -18,6 +19,7 @@ from captchaflow.engine import (
     TaskState,
     fire,
     machine_dot,
+    machine_mermaid,
     machine_table,
 )
 from captchaflow.engine import _fsm as fsm_module
@@ -250,3 +252,64 @@ def test_dot_draws_every_state_with_its_shape() -> None:
     for state in TaskState:
         shape = "doublecircle" if state in TERMINAL_STATES else "circle"
         assert f'  "{state.value}" [shape={shape}];' in dot.splitlines()
+
+
+# -- the diagram --------------------------------------------------------------------------------
+
+
+def _readme_mermaid() -> str:
+    """The README's one ```mermaid block."""
+    text = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    blocks = text.split("```mermaid\n")[1:]
+    assert len(blocks) == 1, "the README holds exactly one mermaid diagram"
+    return blocks[0].split("```", 1)[0]
+
+
+def test_readme_diagram_is_the_live_machine() -> None:
+    """The Mermaid diagram in the README is what the live machine draws, line for line."""
+    assert _readme_mermaid() == machine_mermaid()
+
+
+def test_mermaid_draws_every_move_of_the_live_machine() -> None:
+    """Every (source, trigger, dest) of the live machine is one labelled arrow; the initial
+    state comes from [*] and every terminal state goes to it; nothing else is drawn."""
+    lines = machine_mermaid().splitlines()
+    assert lines[0] == "stateDiagram-v2"
+    arrows = {line.strip() for line in lines[1:]}
+    expected = {
+        f"{src} --> {dst}: {trigger}"
+        for trigger, moves in machine_table().items()
+        for src, dst in moves.items()
+    }
+    expected.add(f"[*] --> {fsm_module.INITIAL_STATE.value}")
+    expected |= {f"{state.value} --> [*]" for state in TERMINAL_STATES}
+    assert arrows == expected and len(lines) - 1 == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("argv", "render"),
+    [
+        (["diagram"], machine_mermaid),
+        (["diagram", "--format", "mermaid"], machine_mermaid),
+        (["diagram", "--format", "dot"], machine_dot),
+        (["fsm"], machine_dot),
+    ],
+)
+def test_diagram_command_prints_the_live_machine(
+    argv: list[str], render: Callable[[], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`captchaflow diagram` prints Mermaid by default, DOT with --format dot; `fsm` is DOT."""
+    from captchaflow.engine.cli import main
+
+    assert main(argv) == 0
+    assert capsys.readouterr().out == render()
+
+
+def test_mutant_machine_without_a_move_no_longer_matches_the_readme(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mutant check: a machine that lost a move draws a diagram the README test rejects."""
+    table = machine_table()
+    del table["hold"]
+    monkeypatch.setattr(fsm_module, "machine_table", lambda: table)
+    assert fsm_module.machine_mermaid() != _readme_mermaid()

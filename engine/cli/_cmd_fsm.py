@@ -1,4 +1,5 @@
-"""`captchaflow fsm`: the task state machine, read from the live machine, as DOT."""
+"""`captchaflow fsm`: the task state machine as DOT (the older name of `captchaflow diagram
+--format dot`, kept)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
     """Add `fsm` to `commands`; return its parser."""
     return commands.add_parser(
         "fsm",
-        help="print the task state machine as a Graphviz digraph",
+        help="print the task state machine as a Graphviz digraph (diagram --format dot)",
         description="Print the task state machine, read from the live machine, as DOT.",
     )
 

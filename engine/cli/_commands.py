@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Protocol
 
-from . import _cmd_balance, _cmd_demo, _cmd_fsm, _cmd_serve_sim, _cmd_solve
+from . import _cmd_balance, _cmd_demo, _cmd_diagram, _cmd_fsm, _cmd_serve_sim, _cmd_solve
 from ._args import _Commands, _Parser, _Version
 from ._inputs import KEY_ENV
 from ._output import PROG
@@ -23,7 +23,14 @@ class Command(Protocol):
         """Run the command with the parsed `args`; return the exit status."""
 
 
-COMMANDS: tuple[Command, ...] = (_cmd_solve, _cmd_balance, _cmd_demo, _cmd_serve_sim, _cmd_fsm)
+COMMANDS: tuple[Command, ...] = (
+    _cmd_solve,
+    _cmd_balance,
+    _cmd_demo,
+    _cmd_serve_sim,
+    _cmd_diagram,
+    _cmd_fsm,
+)
 """The commands, in the order `captchaflow --help` lists them."""
 
 
