@@ -25,3 +25,37 @@ def test_readme_example(skip: bool, code: str) -> None:
     compiled = compile(code, "README.md", "exec")
     if not skip:
         exec(compiled, {"__name__": "readme_example"})
+
+
+REFERENCE_PACKAGES = (
+    "captchaflow.engine",
+    "captchaflow.policies",
+    "captchaflow.transports",
+    "captchaflow.transports.sim",
+    "captchaflow.engine.cli",
+)
+
+
+def _reference_names(package: str) -> set[str]:
+    """The names the README's "Public API reference" lists under `package` (every
+    backquoted identifier in the first column of its table)."""
+    section = README.split("## Public API reference\n", 1)[1].split("\n## ", 1)[0]
+    table = section.split(f"**`{package}`**", 1)[1].split("\n\n**", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`(\w+)`", row.split(" | ")[0])}
+
+
+@pytest.mark.parametrize("package", REFERENCE_PACKAGES)
+def test_every_exported_name_is_in_the_api_reference(package: str) -> None:
+    """The README's reference lists exactly the package's `__all__` (error subclasses may
+    be listed in the description column of the `CaptchaflowError` row)."""
+    import importlib
+
+    exported = set(importlib.import_module(package).__all__)
+    listed = _reference_names(package)
+    if package == "captchaflow.engine":
+        errors_row = next(
+            line for line in README.splitlines() if line.startswith("| `CaptchaflowError` and")
+        )
+        listed |= set(re.findall(r"`(\w+)`", errors_row))
+    assert listed == exported, (sorted(exported - listed), sorted(listed - exported))
