@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TypeAlias
 
 import anyio
@@ -11,29 +10,50 @@ import anyio
 from captchaflow.transports import ApiReply, ApiRequest, SentNoReply, Transport, TransportError
 
 from ._balance import BalanceQuery
-from ._classify import classify
+from ._classify import Outcome, classify
 from ._clock import Clock
 from ._fsm import Move
 from ._job import Finished, Job, Wait
+from .instrumentation import DEFAULT_HOOKS, Hook, emit, move_record, request_record
 
-__all__ = ["SEND_GRACE", "MoveHook", "Waker", "drive", "log_move", "query_balance"]
+__all__ = [
+    "SEND_GRACE",
+    "MoveHook",
+    "Waker",
+    "drive",
+    "log_move",
+    "query_balance",
+    "report_moves",
+]
 
 MoveHook: TypeAlias = Callable[[Job, Move], None]
-"""Called once for every move of every job, in order (for logging, metrics, tracing)."""
-
-logger = logging.getLogger("captchaflow")
+"""Called once for every move of every job, in order, with the live job (the older form of
+instrumentation, kept: a `Hook` gets frozen records instead, and requests too)."""
 
 
 def log_move(job: Job, move: Move) -> None:
-    """The default hook: one DEBUG record per move on the `captchaflow` logger."""
-    logger.debug(
-        "task %s: %s -> %s [%s] %s",
-        job.key.redact(str(job.task_id)) if job.task_id is not None else "-",
-        move.source,
-        move.dest,
-        move.trigger,
-        move.cause,
-    )
+    """One DEBUG record for `move` on the `captchaflow` logger, as the default hooks log it
+    (a `MoveHook`, kept for callers that used it; the engine logs through its hooks)."""
+    for hook in DEFAULT_HOOKS:
+        hook.on_move(move_record(job, move))
+
+
+def report_moves(
+    job: Job,
+    moves: Sequence[Move],
+    on_move: MoveHook | None,
+    hooks: Sequence[Hook],
+    until: float | None,
+) -> None:
+    """Tell `on_move` and `hooks` about `moves`, new entries of `job`'s history, in order;
+    `until`: when the job's next action is due (its `Wait`), if it waits."""
+    if on_move is None and not hooks:
+        return
+    for move in moves:
+        if on_move is not None:
+            on_move(job, move)
+        if hooks:
+            emit(hooks, move_record(job, move, until), job.key)
 
 
 class Waker:
@@ -80,7 +100,8 @@ async def drive(
     transport: Transport,
     clock: Clock,
     *,
-    on_move: MoveHook | None = log_move,
+    on_move: MoveHook | None = None,
+    hooks: Sequence[Hook] | None = None,
     waker: Waker | None = None,
 ) -> Job:
     """Run `job` until it is finished and return it.
@@ -89,24 +110,30 @@ async def drive(
     cancels (an anyio cancel scope, a KeyboardInterrupt), the job is moved to `cancelled`
     before the cancellation propagates, so no job is ever left live by a dead driver. With
     a gate, jobs of one account share `waker`, so the gate can wake sleeping jobs.
+
+    `hooks` (by default `DEFAULT_HOOKS`: DEBUG log records) get a `MoveRecord` for every
+    move and a `RequestRecord` for every request, in order; `on_move`, if given, is called
+    with the live job for every move as well.
     """
+    hooks = DEFAULT_HOOKS if hooks is None else tuple(hooks)
     gate = job.gate
     if gate is not None and waker is None:
         waker = Waker()
     reported = 0
 
-    def report() -> None:
+    def report(until: float | None = None) -> None:
         nonlocal reported
-        if on_move is not None:
-            for move in job.history[reported:]:
-                on_move(job, move)
-        reported = len(job.history)
+        if reported < len(job.history):
+            report_moves(job, job.history[reported:], on_move, hooks, until)
+            reported = len(job.history)
 
     try:
         while True:
             now = clock.now()
             action = job.next_action(now)
-            report()
+            # The moves a reply caused are reported with the next action, which says how
+            # long a `defer` waits.
+            report(action.until if isinstance(action, Wait) else None)
             if isinstance(action, Finished):
                 break
             if isinstance(action, Wait):
@@ -115,16 +142,13 @@ async def drive(
                 else:
                     await clock.sleep_until(action.until)
             else:
-                request = action.request
-                reply = await _send(transport, request, job.deadline - now)
-                if isinstance(reply, TransportBug):
-                    job.feed_bug(clock.now(), reply.reason)
+                outcome, bug, received = await _exchange(
+                    job, action.request, transport, clock, now, hooks
+                )
+                if outcome is None:
+                    job.feed_bug(received, bug)
                 else:
-                    outcome = classify(
-                        request.endpoint, reply, wall_time=clock.wall(), secret=job.key
-                    )
-                    job.feed(outcome, clock.now())
-                report()
+                    job.feed(outcome, received)
             if gate is not None and waker is not None:
                 waker.wake(gate.wakeups())
     except BaseException:
@@ -137,9 +161,17 @@ async def drive(
     return job
 
 
-async def query_balance(query: BalanceQuery, transport: Transport, clock: Clock) -> float:
+async def query_balance(
+    query: BalanceQuery,
+    transport: Transport,
+    clock: Clock,
+    *,
+    hooks: Sequence[Hook] | None = None,
+) -> float:
     """Run `query` until it is finished; return the balance or raise its error. Each
-    request is bounded by the time left before the query's deadline, as a job's are."""
+    request is bounded by the time left before the query's deadline, as a job's are, and
+    `hooks` (by default `DEFAULT_HOOKS`) get a `RequestRecord` for each (job `"balance"`)."""
+    hooks = DEFAULT_HOOKS if hooks is None else tuple(hooks)
     while True:
         now = clock.now()
         action = query.next_action(now)
@@ -148,13 +180,13 @@ async def query_balance(query: BalanceQuery, transport: Transport, clock: Clock)
         if isinstance(action, Wait):
             await clock.sleep_until(action.until)
             continue
-        request = action.request
-        reply = await _send(transport, request, query.deadline - now)
-        if isinstance(reply, TransportBug):
-            query.fail_bug(reply.reason)
+        outcome, bug, received = await _exchange(
+            query, action.request, transport, clock, now, hooks
+        )
+        if outcome is None:
+            query.fail_bug(bug)
         else:
-            outcome = classify(request.endpoint, reply, wall_time=clock.wall(), secret=query.key)
-            query.feed(outcome, clock.now())
+            query.feed(outcome, received)
     if query.error is not None:
         raise query.error
     assert query.balance is not None  # finished without an error
@@ -173,6 +205,30 @@ class TransportBug:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+async def _exchange(
+    caller: Job | BalanceQuery,
+    request: ApiRequest,
+    transport: Transport,
+    clock: Clock,
+    now: float,
+    hooks: Sequence[Hook],
+) -> tuple[Outcome | None, str, float]:
+    """Send `caller`'s `request` at `now` (bounded by the time left before its deadline),
+    classify what came back and tell `hooks`: `(outcome, "", when it came)`, or
+    `(None, reason, when)` if the transport failed in a way no network does. The caller
+    is fed nothing yet, so the record names it as it was when it sent."""
+    reply = await _send(transport, request, caller.deadline - now)
+    received = clock.now()
+    if isinstance(reply, TransportBug):
+        outcome, bug = None, reply.reason
+    else:
+        outcome = classify(request.endpoint, reply, wall_time=clock.wall(), secret=caller.key)
+        bug = ""
+    if hooks:
+        emit(hooks, request_record(caller, request.endpoint, now, received, outcome), caller.key)
+    return outcome, bug, received
 
 
 async def _send(

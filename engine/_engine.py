@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypedDict, Unpack
 
 import anyio
@@ -24,9 +24,10 @@ from captchaflow.transports import DEFAULT_BASE_URL, ApiKey, HttpxTransport, Jso
 
 from ._balance import BalanceQuery
 from ._clock import Clock, SystemClock
-from ._driver import MoveHook, Waker, drive, log_move, query_balance
+from ._driver import MoveHook, Waker, drive, query_balance
 from ._errors import InvalidTaskError
 from ._job import Job, check_timeout, validate_task
+from .instrumentation import DEFAULT_HOOKS, Hook
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -58,6 +59,7 @@ class EngineOptions(TypedDict, total=False):
     timeout: float
     clock: Clock | None
     on_move: MoveHook | None
+    hooks: Sequence[Hook] | None
     gate: AccountGate | None
 
 
@@ -75,7 +77,11 @@ class Engine:
       and a 2-second poll); each call may override them.
     - `timeout`: the default deadline of each task, in seconds from its start.
     - `clock`: where time comes from (`SystemClock` by default).
-    - `on_move`: called for every state change of every job (default: a DEBUG log record).
+    - `on_move`: called with the live job for every state change of every job (the older
+      form of `hooks`, kept; none by default).
+    - `hooks`: instrumentation (`captchaflow.engine.instrumentation`): each gets a frozen
+      record of every move and every request; by default `DEFAULT_HOOKS`, one DEBUG log
+      record each; `()` for none.
     - `gate`: how the jobs of this engine (one account) coordinate; by default a
       `FleetGate` (shared pause, circuit breaker, adaptive concurrency, retry budget,
       adaptive rate); `OpenGate()` turns coordination off.
@@ -91,7 +97,8 @@ class Engine:
         poll_schedule: PollSchedule | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Clock | None = None,
-        on_move: MoveHook | None = log_move,
+        on_move: MoveHook | None = None,
+        hooks: Sequence[Hook] | None = None,
         gate: AccountGate | None = None,
     ) -> None:
         check_timeout(timeout)
@@ -105,6 +112,7 @@ class Engine:
         self.timeout = timeout
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.on_move = on_move
+        self.hooks: tuple[Hook, ...] = DEFAULT_HOOKS if hooks is None else tuple(hooks)
         self.gate: AccountGate = gate if gate is not None else default_gate()
         self._waker = Waker()
 
@@ -141,7 +149,7 @@ class Engine:
         """Drive one task to a terminal state and return its finished `Job` (which holds the
         solution or the error, and the history). Raises only `InvalidTaskError`."""
         job = self.job(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
-        return await drive(job, self.transport, self.clock, on_move=self.on_move, waker=self._waker)
+        return await self._drive(job)
 
     @contextlib.asynccontextmanager
     async def solve_many(
@@ -180,9 +188,7 @@ class Engine:
         async def one(task: Mapping[str, JsonValue], token: object) -> None:
             try:
                 job = self.job(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
-                await drive(
-                    job, self.transport, self.clock, on_move=self.on_move, waker=self._waker
-                )
+                await self._drive(job)
                 send.send_nowait(job)
             finally:
                 limiter.release_on_behalf_of(token)
@@ -229,7 +235,18 @@ class Engine:
             now=self.clock.now(),
             timeout=timeout if timeout is not None else self.timeout,
         )
-        return await query_balance(query, self.transport, self.clock)
+        return await query_balance(query, self.transport, self.clock, hooks=self.hooks)
+
+    async def _drive(self, job: Job) -> Job:
+        """Drive `job` (one of this engine's) with the engine's transport, clock and hooks."""
+        return await drive(
+            job,
+            self.transport,
+            self.clock,
+            on_move=self.on_move,
+            hooks=self.hooks,
+            waker=self._waker,
+        )
 
     async def aclose(self) -> None:
         """Close the transport if the engine created it."""

@@ -105,7 +105,8 @@ _MACHINE: Final = Machine(
 
 class Move(NamedTuple):
     """One entry of a job's history: at `at`, `trigger` moved it from `source` to `dest`
-    because of `cause`."""
+    because of `cause`. `at` is seconds on the driver's clock (`Clock.now()`:
+    `time.monotonic()` with `SystemClock`, virtual time in simulations), not wall time."""
 
     at: float
     source: str

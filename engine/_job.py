@@ -29,6 +29,7 @@ step between any two of its actions, and no driver can spin on it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -112,6 +113,9 @@ keeps it from progressing: the job fails with `PolicyError`."""
 
 MAX_TASK_DEPTH: Final = 64
 """Tasks are shallow JSON objects; anything deeper is refused before it is sent."""
+
+_SERIALS: Final = itertools.count(1)
+"""Each job's `serial`: jobs are numbered from 1 in the order this process creates them."""
 
 
 def validate_task(task: object) -> Mapping[str, JsonValue]:
@@ -243,6 +247,7 @@ class Job:
         "requests_sent",
         "resubmits",
         "schedule",
+        "serial",
         "solution",
         "started_at",
         "state",
@@ -290,6 +295,7 @@ class Job:
         self._holds_at_one_time = 0
         self._stale_holds = 0
         self.gate = gate
+        self.serial = next(_SERIALS)
         if gate is not None:
             gate.register(self, now)
 
@@ -299,6 +305,15 @@ class Job:
     def finished(self) -> bool:
         """True once the job is ready, failed or cancelled."""
         return self.state in TERMINAL_STATES
+
+    @property
+    def name(self) -> str:
+        """A readable name for logs that never holds the key: `task <id>` (redacted) once
+        the provider has assigned the task an id, before that `job-<serial>`, `serial`
+        numbering the jobs of this process from 1 in the order they were created."""
+        if self.task_id is None:
+            return f"job-{self.serial}"
+        return f"task {self.key.redact(str(self.task_id))}"
 
     @property
     def awaiting_reply(self) -> bool:

@@ -37,9 +37,10 @@ from captchaflow.transports import ApiKey, ApiRequest, JsonValue
 from captchaflow.transports.sim import SimulatedAPI
 
 from ._classify import Outcome, classify
-from ._driver import MoveHook
+from ._driver import MoveHook, report_moves
 from ._engine import DEFAULT_TIMEOUT
 from ._job import Finished, Job, Wait, check_timeout, validate_task
+from .instrumentation import Hook, emit, request_record
 
 __all__ = ["ExchangeHook", "Simulation", "SimulationReport"]
 
@@ -116,6 +117,11 @@ class Simulation:
     an arrived task waits (first come, first served) for a job to finish, and its `Job`, so
     its deadline, starts only when a worker takes it. Time to solution still counts from the
     arrival (`SimulationReport.submitted_at`).
+
+    `hooks` (none by default, which keeps runs fast) get a `MoveRecord` for every move and
+    a `RequestRecord` for every request (sent at the virtual time it left, its latency the
+    simulated one), as the async driver's do; `on_move` is called with the live job for
+    every move.
     """
 
     def __init__(
@@ -130,6 +136,7 @@ class Simulation:
         on_exchange: ExchangeHook | None = None,
         gate: AccountGate | None = None,
         max_in_flight: int | None = None,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         if max_in_flight is not None and (
             isinstance(max_in_flight, bool)
@@ -146,6 +153,7 @@ class Simulation:
         self.timeout = timeout
         self.on_move = on_move
         self.on_exchange = on_exchange
+        self.hooks = tuple(hooks)
         self.gate = gate
         self.max_in_flight = max_in_flight
         self.jobs: list[Job] = []
@@ -221,7 +229,7 @@ class Simulation:
         """Process every event until all jobs are finished (with a pool, until every
         submitted task has had its job and it has finished)."""
         events, jobs, api, on_move = self._events, self.jobs, self.api, self.on_move
-        on_exchange, gate, epochs = self.on_exchange, self.gate, self._epochs
+        on_exchange, gate, epochs, hooks = self.on_exchange, self.gate, self._epochs, self.hooks
         pooled = self.max_in_flight is not None
         free = self.max_in_flight or 0  # idle workers
         queued: deque[int] = deque()  # arrived tasks waiting for a worker (submission index)
@@ -245,6 +253,9 @@ class Simulation:
                 in_flight.discard(index)
                 job.feed(outcome, now)
             action = job.next_action(now)
+            if (on_move is not None or hooks) and len(job.history) > reported:
+                until = action.until if isinstance(action, Wait) else None
+                report_moves(job, job.history[reported:], on_move, hooks, until)
             if isinstance(action, Finished):
                 if index not in finished_at:
                     finished_at[index] = now
@@ -260,9 +271,12 @@ class Simulation:
                 heapq.heappush(events, (now + delay, next(self._sequence), index, outcome, -1))
                 if on_exchange is not None:
                     on_exchange(job, request, now, now + delay, outcome)
-            if on_move is not None:
-                for move in job.history[reported:]:
-                    on_move(job, move)
+                if hooks:
+                    emit(
+                        hooks,
+                        request_record(job, request.endpoint, now, now + delay, outcome),
+                        job.key,
+                    )
             if gate is not None:
                 for woken in gate.wakeups():
                     other = self._index.get(id(woken))

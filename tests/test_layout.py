@@ -23,6 +23,8 @@ ALLOWED = {
 }
 IO_LIBRARIES = {"httpx", "httpcore", "h11", "anyio", "sniffio", "trio", "asyncio", "socket", "ssl"}
 """Libraries that do I/O (or, like email.utils, import socket to): the core loads none."""
+OPTIONAL_LIBRARIES = {"prometheus_client", "opentelemetry"}
+"""The libraries of optional extras: loaded only when a hook that needs one is built."""
 SANS_IO_CORE = ["_classify.py", "_fsm.py", "_job.py", "_errors.py"]
 IO_MODULES = {
     "httpx",
@@ -73,9 +75,11 @@ def test_sans_io_core_imports_no_io(module: str) -> None:
 def test_importing_the_packages_loads_no_io_library() -> None:
     """In a fresh interpreter, importing captchaflow.engine, .policies and .transports and
     using the sans-IO core (a job, classification) loads no I/O library: the drivers, the
-    httpx transport and the simulator are imported only when used."""
+    httpx transport and the simulator are imported only when used. Nor does importing the
+    instrumentation and naming its hooks load an optional extra's library."""
     code = (
         "import sys, captchaflow.engine, captchaflow.policies, captchaflow.transports\n"
+        "from captchaflow.engine.instrumentation import OpenTelemetryHook, PrometheusHook\n"
         "from captchaflow.engine import Job, classify, TaskState\n"
         "from captchaflow.transports import ApiKey, ApiReply, Endpoint\n"
         "reply = ApiReply(200, b'{\"taskId\": 1}', {})\n"
@@ -87,6 +91,7 @@ def test_importing_the_packages_loads_no_io_library() -> None:
     loaded = set(done.stdout.split())
     assert "captchaflow" in loaded
     assert not loaded & IO_LIBRARIES, loaded & IO_LIBRARIES
+    assert not loaded & OPTIONAL_LIBRARIES, loaded & OPTIONAL_LIBRARIES
     sim = "import sys, captchaflow.engine\nprint('captchaflow.transports.sim' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", sim], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
@@ -105,7 +110,13 @@ def test_lazy_names_load_on_first_use() -> None:
 
 
 @pytest.mark.parametrize(
-    "package", [*sorted(PACKAGES.values()), "captchaflow.transports.sim", "captchaflow.engine.cli"]
+    "package",
+    [
+        *sorted(PACKAGES.values()),
+        "captchaflow.transports.sim",
+        "captchaflow.engine.cli",
+        "captchaflow.engine.instrumentation",
+    ],
 )
 def test_all_is_exactly_the_public_names(package: str) -> None:
     """`__all__` lists every public name the package defines (lazily or not), and only
@@ -117,7 +128,7 @@ def test_all_is_exactly_the_public_names(package: str) -> None:
     assert list(module.__all__) == sorted(module.__all__, key=lambda n: (not n.isupper(), n))
 
 
-@pytest.mark.parametrize("folder", [*sorted(PACKAGES), "engine/cli"])
+@pytest.mark.parametrize("folder", [*sorted(PACKAGES), "engine/cli", "engine/instrumentation"])
 def test_py_typed_shipped(folder: str) -> None:
     """Each subpackage ships a py.typed marker."""
     assert (ROOT / folder / "py.typed").exists()

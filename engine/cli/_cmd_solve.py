@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 
-from captchaflow.engine._driver import MoveHook, log_move
+from captchaflow.engine._driver import MoveHook
 from captchaflow.engine._engine import solve
 from captchaflow.engine._errors import CaptchaflowError, MalformedReplyError
 from captchaflow.engine._fsm import Move
@@ -18,7 +16,8 @@ from ._account import _account, _add_account_options
 from ._args import _Commands
 from ._exit import _fail_with
 from ._inputs import MAX_IMAGE_BYTES, MAX_TASK_BYTES, _read_task, _size
-from ._output import TerminalFormatter, _fail
+from ._logging import _add_logging_options, _setup_logging
+from ._output import _fail
 
 
 def register(commands: _Commands) -> argparse.ArgumentParser:
@@ -44,21 +43,18 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
         help=f"an image file, sent as an ImageToTextTask (at most {_size(MAX_IMAGE_BYTES)})",
     )
     _add_account_options(solve_cmd)
-    solve_cmd.add_argument(
-        "-v", "--verbose", action="store_true", help="log every state change to stderr"
-    )
+    _add_logging_options(solve_cmd)
     return solve_cmd
 
 
 def _warn_unresolved_host(key: ApiKey) -> MoveHook:
-    """The move hook of `solve`: logs every move (for `-v`) and, the first time a request
-    fails because the host cannot be resolved, says so on stderr at once, instead of
-    retrying in silence until the deadline."""
+    """The move hook of `solve`: the first time a request fails because the host cannot
+    be resolved, it says so on stderr at once, instead of retrying in silence until the
+    deadline. (The engine's hooks log the moves.)"""
     warned = False
 
     def hook(job: Job, move: Move) -> None:
         nonlocal warned
-        log_move(job, move)
         failure = job.last_failure
         if warned or move.trigger != "defer" or failure is None:
             return
@@ -73,11 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """Solve the task `args` name; print the solution; return the exit status."""
     task = _read_task(args)
     key, base_url = _account(args)
-    if args.verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(TerminalFormatter(key))
-        logging.getLogger("captchaflow").addHandler(handler)
-        logging.getLogger("captchaflow").setLevel(logging.DEBUG)
+    _setup_logging(args, key)
     try:
         solution = solve(
             task,
