@@ -29,6 +29,7 @@ def test_readme_example(skip: bool, code: str) -> None:
 
 REFERENCE_PACKAGES = (
     "captchaflow.engine",
+    "captchaflow.engine.instrumentation",
     "captchaflow.policies",
     "captchaflow.transports",
     "captchaflow.transports.sim",

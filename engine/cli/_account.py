@@ -13,8 +13,11 @@ from ._base_url import _checked_base_url
 from ._inputs import KEY_ENV, _read_key
 
 
-def _add_account_options(parser: argparse.ArgumentParser) -> None:
-    """Add `--base-url`, `--timeout`, `--key-file` and `--allow-shared-key-file`."""
+def _add_account_options(
+    parser: argparse.ArgumentParser, *, timeout_is: str = "overall deadline"
+) -> None:
+    """Add `--base-url`, `--timeout` (helped as `timeout_is` in seconds), `--key-file` and
+    `--allow-shared-key-file`."""
     parser.add_argument(
         "--base-url", default=DEFAULT_BASE_URL, help=f"the API's base URL ({DEFAULT_BASE_URL})"
     )
@@ -23,7 +26,7 @@ def _add_account_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_seconds,
         default=DEFAULT_TIMEOUT,
         metavar="S",
-        help=f"overall deadline in seconds (default {DEFAULT_TIMEOUT:g})",
+        help=f"{timeout_is} in seconds (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--key-file", metavar="PATH", help=f"read the API key from this file instead of ${KEY_ENV}"

@@ -7,7 +7,15 @@ from __future__ import annotations
 import argparse
 from typing import Protocol
 
-from . import _cmd_balance, _cmd_demo, _cmd_diagram, _cmd_fsm, _cmd_serve_sim, _cmd_solve
+from . import (
+    _cmd_balance,
+    _cmd_batch,
+    _cmd_demo,
+    _cmd_diagram,
+    _cmd_fsm,
+    _cmd_serve_sim,
+    _cmd_solve,
+)
 from ._args import _Commands, _Parser, _Version
 from ._inputs import KEY_ENV
 from ._output import PROG
@@ -25,6 +33,7 @@ class Command(Protocol):
 
 COMMANDS: tuple[Command, ...] = (
     _cmd_solve,
+    _cmd_batch,
     _cmd_balance,
     _cmd_demo,
     _cmd_serve_sim,

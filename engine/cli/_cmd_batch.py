@@ -1,0 +1,215 @@
+"""`captchaflow batch`: solve the tasks of a JSON Lines file on one account, many at once;
+append one result line per task to RESULTS as each finishes; skip the tasks an earlier run
+solved. The parsing, the records and the counts are in `_batch_io` and `_batch_tally`, the
+files in `_batch_files`, the progress display in `_batch_progress`; here are the options
+and the event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import anyio
+
+from captchaflow.engine._engine import Engine
+from captchaflow.engine._job import Job
+from captchaflow.transports import ApiKey
+
+from ._account import _account, _add_account_options
+from ._args import _Commands, _task_count
+from ._batch_files import (
+    Item,
+    Reader,
+    ResultsFile,
+    cannot_write,
+    count_total,
+    open_tasks,
+    refuse_same_file,
+    resumed_from,
+)
+from ._batch_io import MAX_LINE_BYTES, BadLine, Entry, Intake, Resumed, result_of
+from ._batch_progress import Display, keep_showing, open_display
+from ._batch_tally import Tally
+from ._cmd_solve import _warn_unresolved_host
+from ._inputs import _os_reason, _size
+from ._output import _fail, printable
+
+DEFAULT_CONCURRENCY = 50
+
+
+def register(commands: _Commands) -> argparse.ArgumentParser:
+    """Add `batch` and its options to `commands`; return its parser."""
+    parser = commands.add_parser(
+        "batch",
+        help="solve the tasks of a JSON Lines file; append a result line for each",
+        description='Solve every task of TASKS, one a line ({"id": ID, "task": {...}}, or a '
+        "bare task object; without an id, line-N), at most N at a time, on one account; "
+        "append each result to RESULTS as one line of JSON as soon as it is known. Tasks "
+        "whose last result in RESULTS is ready are skipped: the same command again resumes. "
+        "Bad lines are reported by number and skipped. --timeout is each task's deadline.",
+        epilog="exit status: 0 every task solved (by this run or an earlier one) and no bad "
+        "line; else, if tasks failed, the status solve gives their commonest error: 3 "
+        "permanent account error, 4 bad request, 5 unsolvable, 6 gave up; else 2 (bad lines "
+        "skipped, usage, TASKS unreadable, RESULTS unwritable); 130 interrupted (the tasks "
+        "in flight are recorded as cancelled)",
+    )
+    parser.add_argument(
+        "tasks",
+        metavar="TASKS",
+        help=f"the tasks, JSON Lines ('-' for stdin; a line at most {_size(MAX_LINE_BYTES)})",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="RESULTS",
+        required=True,
+        help="the results file, appended to (created if missing)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_task_count,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"tasks in flight at most ({DEFAULT_CONCURRENCY})",
+    )
+    _add_account_options(parser, timeout_is="each task's deadline")
+    return parser
+
+
+class _Batch:
+    """One run of the command: the tasks of TASKS through one engine, results to RESULTS."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        account: tuple[ApiKey, str],
+        results: ResultsFile,
+        resumed: Resumed,
+        total: int | None,
+    ) -> None:
+        """A batch as `args` say, on `account` (key, base URL), appending to `results`,
+        skipping the tasks `resumed` says are solved; `total`: the lines of TASKS, if known."""
+        self.tally = Tally(started=time.monotonic(), total=total)
+        self.write_error: OSError | None = None
+        self._args = args
+        self._key, self._base_url = account
+        self._results = results
+        self._solved = resumed.solved
+        self._intake = Intake()
+        self._scope: anyio.CancelScope | None = None
+
+    def run(self, tasks_fd: int) -> None:
+        """Run every task of `tasks_fd` (taken over) that is not solved yet, with the
+        progress display on; `KeyboardInterrupt` once the tasks in flight are cancelled
+        and recorded, if interrupted."""
+        display = open_display(self.tally)
+        try:
+            anyio.run(self._main, tasks_fd, display)
+        finally:
+            display.close()
+
+    def print_summary(self) -> None:
+        """Print the summary table on stdout."""
+        for line in self.tally.summary(time.monotonic()).splitlines():
+            print(printable(self._key.redact(line)))
+
+    async def _main(self, tasks_fd: int, display: Display) -> None:
+        reader = Reader(tasks_fd)
+        reader.start()
+        engine = Engine(
+            self._key,
+            base_url=self._base_url,
+            timeout=self._args.timeout,
+            on_move=_warn_unresolved_host(self._key),
+        )
+        async with engine, anyio.create_task_group() as group:
+            self._scope = group.cancel_scope
+            group.start_soon(keep_showing, display)
+            await self._dispatch(reader, engine)
+            group.cancel_scope.cancel()
+
+    async def _dispatch(self, reader: Reader, engine: Engine) -> None:
+        """Start a job for every entry, at most `--concurrency` at a time; wait for them."""
+        slots = anyio.Semaphore(self._args.concurrency)
+        try:
+            async with anyio.create_task_group() as jobs:
+                while (item := await reader.next()) is not None:
+                    entry = self._entry(item)
+                    if entry is None:
+                        continue
+                    await slots.acquire()
+                    self.tally.running += 1
+                    jobs.start_soon(self._solve, engine, entry, slots)
+                self.tally.total = self.tally.done + self.tally.running  # all read: exact
+        finally:
+            reader.close()
+
+    def _entry(self, item: Item) -> Entry | None:
+        """The entry to run of `item`, or None (a blank or bad line, a task already solved,
+        the end of what could be read), said on stderr where it is not what was asked."""
+        if isinstance(item, OSError):
+            self.tally.unread_input = True
+            _fail(f"cannot read TASKS: {_os_reason(item)}; the rest of it was not read", 0)
+            return None
+        number, raw = item
+        try:
+            entry = self._intake.take(number, raw)
+        except BadLine as exc:
+            self.tally.bad_lines += 1
+            _fail(f"batch: line {number}: {exc}; skipped", 0)
+            return None
+        if entry is not None and entry.key in self._solved:
+            self.tally.already_solved += 1
+            return None
+        return entry
+
+    async def _solve(self, engine: Engine, entry: Entry, slots: anyio.Semaphore) -> None:
+        """Run `entry`'s task to its end (cancelled if the batch is) and record it."""
+        job = engine.job(entry.task)
+        try:
+            await engine._drive(job)  # the engine's hooks, waker and transport
+        finally:  # synchronous from here: a cancellation cannot cut the record short
+            self.tally.running -= 1
+            slots.release()
+            job.cancel(engine.clock.now(), "the batch was interrupted")
+            self._record(entry, job)
+
+    def _record(self, entry: Entry, job: Job) -> None:
+        """Append finished `job`'s record to RESULTS and count it; if it cannot be written,
+        stop the batch (what is solved then would be paid for and lost)."""
+        if self.write_error is not None:
+            return
+        result = result_of(entry.id, job)
+        try:
+            self._results.write(result.line)
+        except OSError as exc:
+            self.write_error = exc
+            if self._scope is not None:
+                self._scope.cancel()
+            return
+        self.tally.add(result, job.requests_sent)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the batch `args` describe; print the summary; return the exit status."""
+    account = _account(args)
+    tasks_fd = open_tasks(args.tasks)
+    try:
+        refuse_same_file(args.output, tasks_fd)
+        total = count_total(tasks_fd)
+        resumed, torn = resumed_from(args.output)
+        results = ResultsFile(args.output, torn=torn)
+    except BaseException:
+        os.close(tasks_fd)
+        raise
+    with results:
+        batch = _Batch(args, account, results, resumed, total)
+        try:
+            batch.run(tasks_fd)
+        finally:
+            batch.print_summary()
+    if batch.write_error is not None:
+        raise cannot_write(batch.write_error)
+    return batch.tally.exit_status()
