@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Final, TypeAlias
 
 import attrs
@@ -51,9 +51,17 @@ from captchaflow.policies import (
     RetryContext,
     RetryPolicy,
 )
-from captchaflow.transports import ApiKey, ApiRequest, Endpoint, JsonValue, TaskId
+from captchaflow.transports import (
+    ApiKey,
+    ApiReply,
+    ApiRequest,
+    Endpoint,
+    JsonValue,
+    TaskId,
+    TransportError,
+)
 
-from ._classify import Accepted, Outcome, Processing, Solved
+from ._classify import Accepted, Outcome, Processing, Solved, classify
 from ._errors import (
     CaptchaflowError,
     DeadlineExceededError,
@@ -382,8 +390,30 @@ class Job:
         self.requests_sent += 1
         return Send(request)
 
+    def feed_reply(
+        self, result: ApiReply | TransportError, now: float, *, wall_time: float | None = None
+    ) -> list[Hashable]:
+        """Tell the job what its last request came back with, as it came: the transport's
+        reply or the `TransportError` it raised (classified here, with the job's key
+        redacted from every text). `wall_time` (seconds since the epoch) turns a
+        `Retry-After` HTTP-date into a delay when the reply has no `Date` header.
+
+        Returns the jobs the account gate wants re-run now (see `woken`): a driver that
+        runs many jobs wakes each of them, or they sleep until their deadline."""
+        if self._awaiting is None:
+            raise JobStateError("no request is awaiting a reply")
+        self.feed(classify(self._awaiting, result, wall_time=wall_time, secret=self.key), now)
+        return self.woken()
+
+    def woken(self) -> list[Hashable]:
+        """The jobs of this job's account gate that must be re-run now (each once; none
+        without a gate), taken from the gate: after a reply, or after a job finished (which
+        frees its task slot), call it and run each again at once."""
+        return self.gate.wakeups() if self.gate is not None else []
+
     def feed(self, outcome: Outcome, now: float) -> None:
-        """Tell the job what its last request came back with, at time `now`."""
+        """Tell the job what its last request came back with, at time `now`, classified
+        (`feed_reply` classifies for you)."""
         endpoint = self._reply_arrives(now)
         if self.gate is not None:
             failure = outcome if isinstance(outcome, Failure) else None

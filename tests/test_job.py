@@ -42,11 +42,13 @@ from captchaflow.engine import (
 from captchaflow.engine import _job as job_module
 from captchaflow.engine.cli import exit_code_for
 from captchaflow.policies import (
+    AdaptiveConcurrency,
     Bucket,
     Decision,
     DocumentedPolicy,
     Failure,
     FixedInterval,
+    FleetGate,
     GiveUp,
     NoRetry,
     PollSchedule,
@@ -55,7 +57,7 @@ from captchaflow.policies import (
     RetryContext,
     RetryPolicy,
 )
-from captchaflow.transports import ApiKey, Endpoint
+from captchaflow.transports import ApiKey, ApiReply, Endpoint, NotSent
 
 KEY = ApiKey("sk-job-test-SECRET")
 TASK = {"type": "ImageToTextTask", "body": "aGVsbG8="}
@@ -655,3 +657,67 @@ def test_learning_schedule_hears_each_solved_tasks_time_to_solution() -> None:
     send(unsolved, 20.0)
     unsolved.feed(fail(Bucket.PERMANENT, Endpoint.CREATE_TASK, code=1), 20.1)
     assert schedule.solved == [1.375, 3.0]
+
+
+# -- feed_reply: the reply as it came --------------------------------------------------------
+
+
+def test_feed_reply_classifies_a_reply_and_redacts_the_key() -> None:
+    """feed_reply takes the raw reply: accepted, then an API error echoing the key, whose
+    text reaches the history without the key."""
+    job = new_job()
+    send(job, 0.0)
+    assert job.feed_reply(ApiReply.json({"taskId": 7}), 0.1) == []
+    assert job.task_id == 7
+    send(job, 2.1)
+    echo = ApiReply.json({"code": 16, "msg": f"slow down {KEY.reveal()}", "retryAfterSec": 3})
+    job.feed_reply(echo, 2.2)
+    assert job.last_failure is not None and job.last_failure.code == 16
+    assert KEY.reveal() not in repr(job.history) and KEY.reveal() not in str(job.last_failure)
+
+
+def test_feed_reply_takes_a_transport_failure() -> None:
+    """A TransportError is fed as it was raised: NotSent on createTask is retried."""
+    job = new_job()
+    send(job, 0.0)
+    job.feed_reply(NotSent("connection refused"), 0.0)
+    assert job.state == TaskState.BACKOFF and job.last_failure is not None
+    assert job.last_failure.name == "NOT_SENT"
+
+
+def test_feed_reply_without_a_request_out_is_a_driver_bug() -> None:
+    """Nothing awaited: JobStateError, as feed does."""
+    with pytest.raises(JobStateError):
+        new_job().feed_reply(ApiReply.json({"taskId": 7}), 0.0)
+
+
+def test_feed_reply_returns_the_jobs_the_gate_wakes() -> None:
+    """With a gate, the jobs it wants re-run come back from feed_reply (a job's release of
+    its slot wakes the one waiting for it)."""
+    gate = FleetGate(startup=None, concurrency=AdaptiveConcurrency(limit=1.0))
+    first = Job(
+        TASK,
+        key=KEY,
+        policy=DocumentedPolicy(),
+        schedule=FixedInterval(),
+        now=0.0,
+        timeout=120.0,
+        gate=gate,
+    )
+    second = Job(
+        TASK,
+        key=KEY,
+        policy=DocumentedPolicy(),
+        schedule=FixedInterval(),
+        now=0.0,
+        timeout=120.0,
+        gate=gate,
+    )
+    send(first, 0.0)
+    assert isinstance(second.next_action(0.0), Wait)  # no slot: held
+    first.feed_reply(ApiReply.json({"taskId": 1}), 0.1)
+    send(first, 2.1)
+    assert first.feed_reply(ApiReply.json({"status": "ready", "solution": {"t": 1}}), 2.2) == [
+        second
+    ]
+    assert isinstance(second.next_action(2.2), Send)

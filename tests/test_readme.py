@@ -60,3 +60,17 @@ def test_every_exported_name_is_in_the_api_reference(package: str) -> None:
         )
         listed |= set(re.findall(r"`(\w+)`", errors_row))
     assert listed == exported, (sorted(exported - listed), sorted(listed - exported))
+
+
+def test_driver_example_is_caught_without_the_gate_wake_ups() -> None:
+    """Mutant check for the "Writing your own driver" example: the same loop without
+    running the jobs the gate wakes leaves them asleep, and its own assertion fails."""
+    section = README.split("## Writing your own driver\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    wake = "    for other in [*woken, *job.woken()]:"
+    assert wake in code
+    lines = code.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith(wake))
+    mutant = "".join(lines[:at] + lines[at + 2 :])
+    with pytest.raises(AssertionError):
+        exec(compile(mutant, "README.md", "exec"), {"__name__": "readme_mutant"})
