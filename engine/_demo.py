@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 from captchaflow.policies import DocumentedPolicy, FixedInterval
 from captchaflow.transports import ErrorCode
@@ -21,6 +22,7 @@ from captchaflow.transports.sim import (
 from ._engine import DEFAULT_TIMEOUT, default_gate
 from ._simulation import Simulation, SimulationReport
 from ._words import counted
+from .instrumentation import Hook
 
 __all__ = ["DEMO_TASK", "demo_scenario", "format_failures", "format_summary", "run_demo"]
 
@@ -57,11 +59,17 @@ def demo_scenario() -> Scenario:
 
 
 def run_demo(
-    tasks: int = 200, *, seed: int = 0, scenario: Scenario | None = None, rate: float = 20.0
+    tasks: int = 200,
+    *,
+    seed: int = 0,
+    scenario: Scenario | None = None,
+    rate: float = 20.0,
+    hooks: Sequence[Hook] = (),
 ) -> tuple[SimulationReport, float]:
     """Run `tasks` tasks arriving at random, `rate` per second on average, through exactly
     the engine's defaults (`DocumentedPolicy`, 2-s polls, the 120-s deadline and
-    `default_gate()`), seeded by `seed`; return the report and the real seconds it took."""
+    `default_gate()`), seeded by `seed`, telling `hooks` every move and request; return the
+    report and the real seconds it took."""
     spread = tasks / rate
     scenario = scenario if scenario is not None else demo_scenario()
     arrivals = random.Random(seed ^ 0x5EED)
@@ -74,6 +82,7 @@ def run_demo(
         poll_schedule=FixedInterval(),
         timeout=DEFAULT_TIMEOUT,
         gate=default_gate(random.Random(seed)),
+        hooks=hooks,
     )
     for _ in range(tasks):
         simulation.submit(DEMO_TASK, at=arrivals.uniform(0.0, spread))

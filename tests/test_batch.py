@@ -39,8 +39,8 @@ from captchaflow.engine.cli._batch_io import (
     read_resumed,
     result_of,
 )
-from captchaflow.engine.cli._batch_progress import PROGRESS_ENV, LiveProgress, open_display
 from captchaflow.engine.cli._batch_tally import Tally
+from captchaflow.engine.cli._progress import PROGRESS_ENV, LiveProgress, open_display
 from captchaflow.policies import Bucket
 from captchaflow.transports import Endpoint
 

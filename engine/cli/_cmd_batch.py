@@ -1,7 +1,7 @@
 """`captchaflow batch`: solve the tasks of a JSON Lines file on one account, many at once;
 append one result line per task to RESULTS as each finishes; skip the tasks an earlier run
 solved. The parsing, the records and the counts are in `_batch_io` and `_batch_tally`, the
-files in `_batch_files`, the progress display in `_batch_progress`; here are the options
+files in `_batch_files`, the progress display in `_progress`; here are the options
 and the event loop.
 """
 
@@ -30,11 +30,11 @@ from ._batch_files import (
     resumed_from,
 )
 from ._batch_io import MAX_LINE_BYTES, BadLine, Entry, Intake, Resumed, result_of
-from ._batch_progress import Display, keep_showing, open_display
 from ._batch_tally import Tally
 from ._cmd_solve import _warn_unresolved_host
 from ._inputs import _os_reason, _size
 from ._output import _fail, printable
+from ._progress import Display, keep_showing, open_display
 
 DEFAULT_CONCURRENCY = 50
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+import time
 
 from captchaflow.engine._demo import format_failures, format_summary, run_demo
 
 from ._args import _add_simulation_options, _Commands, _task_count
+from ._batch_tally import Tally
 from ._exit import exit_code_for
 from ._inputs import _read_scenario
+from ._progress import LiveProgress, TallyHook
 
 
 def register(commands: _Commands) -> argparse.ArgumentParser:
@@ -34,7 +37,18 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run the demo; print its summary (failures on stderr); return the exit status."""
     scenario = _read_scenario(args.scenario) if args.scenario is not None else None
-    report, wall = run_demo(args.tasks, seed=args.seed, scenario=scenario)
+    if sys.stderr is not None and sys.stderr.isatty():
+        # On a terminal, the same live display as `batch` (a long demo shows it is alive).
+        tally = Tally(started=time.monotonic(), total=args.tasks)
+        display = LiveProgress(tally, label="demo")
+        try:
+            report, wall = run_demo(
+                args.tasks, seed=args.seed, scenario=scenario, hooks=(TallyHook(tally, display),)
+            )
+        finally:
+            display.close()
+    else:
+        report, wall = run_demo(args.tasks, seed=args.seed, scenario=scenario)
     print(format_summary(report, wall, seed=args.seed))
     failures = format_failures(report)
     if failures is None:

@@ -1,5 +1,6 @@
-"""The progress display of `captchaflow batch` on stderr: live on a terminal (rich), a
-plain line every few seconds otherwise (a log, a pipe, CI)."""
+"""Progress on stderr, for `captchaflow batch` and `captchaflow demo`: live on a terminal
+(rich), a plain line every few seconds otherwise (a log, a pipe, CI); and a hook that counts
+a simulation's finished jobs into the same display."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Protocol
 
 import anyio
 
-from ._batch_tally import Tally
+from captchaflow.engine.instrumentation import MoveRecord, RequestRecord
+
+from ._batch_tally import FINAL_STATES, Tally
 from ._output import PROG
 
 PROGRESS_ENV = "CAPTCHAFLOW_PROGRESS_SECONDS"
@@ -66,7 +69,7 @@ class LiveProgress:
     """A progress bar with the counts by state and the throughput, redrawn in place (rich);
     what else is printed on stderr meanwhile shows above it."""
 
-    def __init__(self, tally: Tally) -> None:
+    def __init__(self, tally: Tally, label: str = "batch") -> None:
         from rich.console import Console  # only on a terminal: rich takes time to import
         from rich.progress import (
             BarColumn,
@@ -80,7 +83,7 @@ class LiveProgress:
         self.period = LIVE_SECONDS
         self._tally = tally
         self._progress = Progress(
-            TextColumn("batch"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}", markup=False),
@@ -89,7 +92,7 @@ class LiveProgress:
             console=Console(stderr=True),
             auto_refresh=False,
         )
-        self._task = self._progress.add_task("batch", total=tally.total, counts="")
+        self._task = self._progress.add_task(label, total=tally.total, counts="")
         self._progress.start()
 
     def show(self) -> None:
@@ -118,3 +121,35 @@ async def keep_showing(display: Display) -> None:
     while True:
         await anyio.sleep(display.period)
         display.show()
+
+
+class TallyHook:
+    """An instrumentation hook that counts jobs as they start and finish into `tally`, and
+    refreshes `display` every `display.period` seconds of real time (checked once every 256
+    moves, so a fast simulation pays almost nothing for it)."""
+
+    CHECK_EVERY = 256
+
+    def __init__(self, tally: Tally, display: Display) -> None:
+        self._tally = tally
+        self._display = display
+        self._running: set[int] = set()
+        self._moves = 0
+        self._next_show = time.monotonic() + display.period
+
+    def on_move(self, record: MoveRecord) -> None:
+        """Count a job that starts or finishes; now and then, show the counts."""
+        if record.dest in FINAL_STATES:
+            self._running.discard(record.serial)
+            self._tally.states[record.dest] += 1
+        else:
+            self._running.add(record.serial)
+        self._tally.running = len(self._running)
+        self._moves += 1
+        if self._moves % self.CHECK_EVERY == 0 and time.monotonic() >= self._next_show:
+            self._display.show()
+            self._next_show = time.monotonic() + self._display.period
+
+    def on_request(self, record: RequestRecord) -> None:
+        """Count the request."""
+        self._tally.requests += 1
