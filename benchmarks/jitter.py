@@ -82,10 +82,10 @@ from captchaflow.policies import (
 from captchaflow.transports import ApiReply, ApiRequest, Endpoint
 from captchaflow.transports.sim import (
     AccountSpec,
-    Exchange,
-    Fate,
+    RequestFate,
     Scenario,
     SimulatedAPI,
+    SimulatedExchange,
     TaskTypeSpec,
 )
 
@@ -211,7 +211,7 @@ class ContendedAPI(SimulatedAPI):
         self.writes = 0
         self._last_success = -math.inf
 
-    def handle(self, request: ApiRequest, now: float) -> Exchange:
+    def handle(self, request: ApiRequest, now: float) -> SimulatedExchange:
         """As `SimulatedAPI.handle`, with write conflicts on createTask."""
         latency = self.net.hop() + self.net.hop()
         if request.endpoint is Endpoint.CREATE_TASK:
@@ -221,7 +221,9 @@ class ContendedAPI(SimulatedAPI):
                 body = b"<html><body><h1>503</h1>write conflict</body></html>"
                 reply = ApiReply(503, body, {"content-type": "text/html"})
                 self.stats.outcomes["/createTask http:503"] += 1
-                return Exchange(Fate.REPLY, latency, reply, server_acted=False, label="http:503")
+                return SimulatedExchange(
+                    RequestFate.REPLY, latency, reply, server_acted=False, label="http:503"
+                )
             self._last_success = now
         return attrs.evolve(super().handle(request, now), latency=latency)
 

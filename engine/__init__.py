@@ -42,10 +42,10 @@ from ._errors import (
 from ._fsm import (
     TERMINAL_STATES,
     TRANSITIONS,
-    Edge,
     Move,
     TaskState,
-    fire,
+    Transition,
+    apply_trigger,
     machine_dot,
     machine_mermaid,
     machine_table,
@@ -54,7 +54,7 @@ from ._job import MAX_HOLDS_AT_ONE_TIME, MIN_WAIT, Action, Finished, Job, Send, 
 
 if typing.TYPE_CHECKING:
     from ._clock import Clock, SystemClock, VirtualClock
-    from ._driver import SEND_GRACE, MoveHook, Waker, drive, log_move
+    from ._driver import SEND_GRACE, GateWaker, MoveHook, drive_job, log_move
     from ._engine import (
         DEFAULT_TIMEOUT,
         Engine,
@@ -70,7 +70,7 @@ if typing.TYPE_CHECKING:
 # on first use: the sans-IO core above loads no I/O library.
 _LAZY = {
     "._clock": ("Clock", "SystemClock", "VirtualClock"),
-    "._driver": ("SEND_GRACE", "MoveHook", "Waker", "drive", "log_move"),
+    "._driver": ("SEND_GRACE", "MoveHook", "GateWaker", "drive_job", "log_move"),
     "._engine": (
         "DEFAULT_TIMEOUT",
         "Engine",
@@ -102,11 +102,11 @@ __all__ = [
     "Clock",
     "ConnectionFailedError",
     "DeadlineExceededError",
-    "Edge",
     "Engine",
     "EngineOptions",
     "ExchangeHook",
     "Finished",
+    "GateWaker",
     "GaveUpError",
     "HttpStatusError",
     "IllegalTransitionError",
@@ -129,17 +129,17 @@ __all__ = [
     "Solved",
     "SystemClock",
     "TaskState",
+    "Transition",
     "UnknownCodeError",
     "UnsolvableError",
     "VirtualClock",
     "Wait",
-    "Waker",
+    "apply_trigger",
     "balance",
     "classify",
     "default_gate",
-    "drive",
+    "drive_job",
     "error_class_for",
-    "fire",
     "log_move",
     "machine_dot",
     "machine_mermaid",

@@ -19,8 +19,8 @@ from .instrumentation import DEFAULT_HOOKS, Hook, emit, move_record, request_rec
 __all__ = [
     "SEND_GRACE",
     "MoveHook",
-    "Waker",
-    "drive",
+    "GateWaker",
+    "drive_job",
     "log_move",
     "query_balance",
     "report_moves",
@@ -56,7 +56,7 @@ def report_moves(
             emit(hooks, move_record(job, move, until), job.key)
 
 
-class Waker:
+class GateWaker:
     """Lets an account gate cut a sleeping job's wait short (jobs of one engine share one).
 
     A job with a gate waits for its timer *or* a wake-up, whichever comes first; after
@@ -95,14 +95,14 @@ class Waker:
                 event.set()
 
 
-async def drive(
+async def drive_job(
     job: Job,
     transport: Transport,
     clock: Clock,
     *,
     on_move: MoveHook | None = None,
     hooks: Sequence[Hook] | None = None,
-    waker: Waker | None = None,
+    waker: GateWaker | None = None,
 ) -> Job:
     """Run `job` until it is finished and return it.
 
@@ -118,7 +118,7 @@ async def drive(
     hooks = DEFAULT_HOOKS if hooks is None else tuple(hooks)
     gate = job.gate
     if gate is not None and waker is None:
-        waker = Waker()
+        waker = GateWaker()
     reported = 0
 
     def report(until: float | None = None) -> None:

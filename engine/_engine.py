@@ -24,7 +24,7 @@ from captchaflow.transports import DEFAULT_BASE_URL, ApiKey, HttpxTransport, Jso
 
 from ._balance import BalanceQuery
 from ._clock import Clock, SystemClock
-from ._driver import MoveHook, Waker, drive, query_balance
+from ._driver import GateWaker, MoveHook, drive_job, query_balance
 from ._errors import InvalidTaskError
 from ._job import Job, check_timeout, validate_task
 from .instrumentation import DEFAULT_HOOKS, Hook
@@ -114,7 +114,7 @@ class Engine:
         self.on_move = on_move
         self.hooks: tuple[Hook, ...] = DEFAULT_HOOKS if hooks is None else tuple(hooks)
         self.gate: AccountGate = gate if gate is not None else default_gate()
-        self._waker = Waker()
+        self._waker = GateWaker()
 
     def job(
         self,
@@ -239,7 +239,7 @@ class Engine:
 
     async def _drive(self, job: Job) -> Job:
         """Drive `job` (one of this engine's) with the engine's transport, clock and hooks."""
-        return await drive(
+        return await drive_job(
             job,
             self.transport,
             self.clock,

@@ -20,7 +20,7 @@ polling.
 The table `TRANSITIONS` below is plain data, handed to `transitions.Machine` once. Jobs do
 not get a machine, nor bound trigger methods (thousands of jobs would cost hundreds of
 microseconds and kilobytes each); a job is just an object with a `state` attribute, moved by
-`fire(job, trigger)`, which looks the trigger up in the shared machine. Illegal moves raise
+`apply_trigger(job, trigger)`, which looks the trigger up in the shared machine. Illegal moves raise
 `IllegalTransitionError`. `specs/task-fsm.json` states the same machine and a test compares
 it with what `machine_table()` reads back out of the live machine.
 """
@@ -39,10 +39,10 @@ __all__ = [
     "LIVE_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
-    "Edge",
+    "Transition",
     "Move",
     "TaskState",
-    "fire",
+    "apply_trigger",
     "machine_dot",
     "machine_mermaid",
     "machine_table",
@@ -65,7 +65,7 @@ TERMINAL_STATES: Final = frozenset({TaskState.READY, TaskState.FAILED, TaskState
 LIVE_STATES: Final = frozenset(TaskState) - TERMINAL_STATES
 
 
-class Edge(NamedTuple):
+class Transition(NamedTuple):
     """One row of the transition table: `trigger` moves a job from any of `sources` to `dest`."""
 
     trigger: str
@@ -77,17 +77,19 @@ class Edge(NamedTuple):
 _S = TaskState
 _LIVE = (_S.SUBMITTED, _S.POLLING, _S.BACKOFF)
 
-TRANSITIONS: Final[tuple[Edge, ...]] = (
-    Edge("accept", (_S.SUBMITTED,), _S.POLLING, "createTask returned a task id"),
-    Edge("solve", (_S.POLLING,), _S.READY, "getTaskResult returned the solution"),
-    Edge("defer", (_S.SUBMITTED, _S.POLLING), _S.BACKOFF, "a failure the policy retries later"),
-    Edge("retry_submit", (_S.BACKOFF,), _S.SUBMITTED, "the wait is over; create the task"),
-    Edge("retry_poll", (_S.BACKOFF,), _S.POLLING, "the wait is over; poll the task again"),
-    Edge("hold", (_S.SUBMITTED,), _S.SUBMITTED, "the account gate holds the next createTask"),
-    Edge("hold", (_S.POLLING,), _S.POLLING, "the account gate holds the next poll"),
-    Edge("hold", (_S.BACKOFF,), _S.BACKOFF, "the account gate holds the retry"),
-    Edge("fail", _LIVE, _S.FAILED, "the policy gave up, or the deadline passed"),
-    Edge("cancel", _LIVE, _S.CANCELLED, "the caller cancelled the job"),
+TRANSITIONS: Final[tuple[Transition, ...]] = (
+    Transition("accept", (_S.SUBMITTED,), _S.POLLING, "createTask returned a task id"),
+    Transition("solve", (_S.POLLING,), _S.READY, "getTaskResult returned the solution"),
+    Transition(
+        "defer", (_S.SUBMITTED, _S.POLLING), _S.BACKOFF, "a failure the policy retries later"
+    ),
+    Transition("retry_submit", (_S.BACKOFF,), _S.SUBMITTED, "the wait is over; create the task"),
+    Transition("retry_poll", (_S.BACKOFF,), _S.POLLING, "the wait is over; poll the task again"),
+    Transition("hold", (_S.SUBMITTED,), _S.SUBMITTED, "the account gate holds the next createTask"),
+    Transition("hold", (_S.POLLING,), _S.POLLING, "the account gate holds the next poll"),
+    Transition("hold", (_S.BACKOFF,), _S.BACKOFF, "the account gate holds the retry"),
+    Transition("fail", _LIVE, _S.FAILED, "the policy gave up, or the deadline passed"),
+    Transition("cancel", _LIVE, _S.CANCELLED, "the caller cancelled the job"),
 )
 
 _MACHINE: Final = Machine(
@@ -119,7 +121,7 @@ class _HasState(Protocol):
     state: str
 
 
-def fire(model: _HasState, trigger: str) -> None:
+def apply_trigger(model: _HasState, trigger: str) -> None:
     """Move `model` along `trigger` in the shared machine, or raise `IllegalTransitionError`
     naming the trigger and the state (the model is left unchanged).
 

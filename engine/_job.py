@@ -71,7 +71,7 @@ from ._errors import (
     PolicyError,
     error_class_for,
 )
-from ._fsm import INITIAL_STATE, TERMINAL_STATES, Move, TaskState, fire
+from ._fsm import INITIAL_STATE, TERMINAL_STATES, Move, TaskState, apply_trigger
 from ._words import counted
 
 __all__ = [
@@ -471,7 +471,7 @@ class Job:
 
     def _move(self, trigger: str, now: float, cause: str) -> None:
         source = self.state
-        fire(self, trigger)
+        apply_trigger(self, trigger)
         self.history.append(Move(now, source, self.state, trigger, self.key.redact(cause)))
         if self.gate is not None and self.state in TERMINAL_STATES:
             self.gate.release(self, now)

@@ -27,7 +27,7 @@ from captchaflow.engine import (
     PolicyError,
     TaskState,
     VirtualClock,
-    drive,
+    drive_job,
     solve,
 )
 from captchaflow.engine._driver import SEND_GRACE
@@ -171,7 +171,7 @@ async def test_cancellation_moves_job_to_cancelled(secret_key: str) -> None:
     )
     job = engine.job(TASK, timeout=60)
     with anyio.move_on_after(0.05):
-        await drive(job, engine.transport, engine.clock)
+        await drive_job(job, engine.transport, engine.clock)
     assert job.state == TaskState.CANCELLED
     assert job.history[-1].trigger == "cancel"
 

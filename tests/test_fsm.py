@@ -17,7 +17,7 @@ from captchaflow.engine import (
     TRANSITIONS,
     IllegalTransitionError,
     TaskState,
-    fire,
+    apply_trigger,
     machine_dot,
     machine_mermaid,
     machine_table,
@@ -125,7 +125,7 @@ def test_every_state_reachable_from_initial() -> None:
 def test_every_legal_move(trigger: str, source: str, dest: str) -> None:
     """Each edge of the spec moves a model from its source to its destination."""
     model = Model(source)
-    fire(model, trigger)
+    apply_trigger(model, trigger)
     assert model.state == dest
 
 
@@ -141,7 +141,7 @@ def test_every_illegal_move_raises(trigger: str, state: str) -> None:
     """Every (trigger, state) pair without an edge raises and leaves the state unchanged."""
     model = Model(state)
     with pytest.raises(IllegalTransitionError) as caught:
-        fire(model, trigger)
+        apply_trigger(model, trigger)
     assert model.state == state
     assert caught.value.trigger == trigger
     assert caught.value.state == state
@@ -162,11 +162,12 @@ def dispatched_by_transitions(trigger: str, state: str) -> str | None:
 
 @pytest.mark.parametrize(("trigger", "state"), list(itertools.product(spec_table(), TaskState)))
 def test_fire_moves_as_the_machines_own_dispatch_would(trigger: str, state: TaskState) -> None:
-    """`fire` reads moves from the machine's table instead of running its dispatch: on every
-    (trigger, state) it makes the move `Event.trigger` makes, and refuses the ones it refuses."""
+    """`apply_trigger` reads moves from the machine's table instead of running its
+    dispatch: on every (trigger, state) it makes the move `Event.trigger` makes, and refuses
+    the ones it refuses."""
     model = Model(state.value)
     try:
-        fire(model, trigger)
+        apply_trigger(model, trigger)
     except IllegalTransitionError:
         moved_to = None
     else:
@@ -175,8 +176,9 @@ def test_fire_moves_as_the_machines_own_dispatch_would(trigger: str, state: Task
 
 
 def test_machine_has_no_callbacks_or_conditions() -> None:
-    """`fire` reads moves from the table and skips transitions' dispatch, which is only sound
-    while the machine has nothing for that dispatch to run: no conditions, no callbacks."""
+    """`apply_trigger` reads moves from the table and skips transitions' dispatch, which is
+    only sound while the machine has nothing for that dispatch to run: no conditions, no
+    callbacks."""
     machine = fsm_module._MACHINE
     for event in machine.events.values():
         for moves in event.transitions.values():
@@ -200,13 +202,13 @@ def test_unknown_trigger_raises() -> None:
     """A trigger the machine does not know raises the same typed error."""
     model = Model("submitted")
     with pytest.raises(IllegalTransitionError, match="unknown event 'teleport'"):
-        fire(model, "teleport")
+        apply_trigger(model, "teleport")
 
 
 def test_jobs_share_one_machine_and_carry_no_triggers() -> None:
     """Models stay plain: the machine adds no per-model methods or references."""
     model = Model("submitted")
-    fire(model, "accept")
+    apply_trigger(model, "accept")
     assert not hasattr(model, "accept")
     assert not hasattr(model, "trigger")
     assert fsm_module._MACHINE.models == []
@@ -241,7 +243,7 @@ def test_live_states_are_exactly_the_non_terminal_ones() -> None:
 def test_illegal_move_of_a_known_trigger_is_not_called_unknown() -> None:
     """Firing a known trigger in the wrong state names it an event, not an unknown event."""
     with pytest.raises(IllegalTransitionError) as caught:
-        fire(_Model("ready"), "accept")
+        apply_trigger(_Model("ready"), "accept")
     assert str(caught.value).endswith(": can't handle event 'accept' in state 'ready'")
     assert (caught.value.trigger, caught.value.state) == ("accept", "ready")
 

@@ -49,7 +49,7 @@ from captchaflow.transports import (
     NotSent,
     TransportError,
 )
-from captchaflow.transports.sim import Exchange, Fate, Scenario, SimulatedAPI
+from captchaflow.transports.sim import RequestFate, Scenario, SimulatedAPI, SimulatedExchange
 
 KEY = "sk-test-7f3c9a1e-DO-NOT-LEAK"
 TASK = {"type": "ImageToTextTask", "body": "aGVsbG8="}
@@ -332,17 +332,17 @@ class ScriptedAPI(SimulatedAPI):
         self.latencies = latencies
         self.served = 0
 
-    def handle(self, request: ApiRequest, now: float) -> Exchange:
+    def handle(self, request: ApiRequest, now: float) -> SimulatedExchange:
         """The next scripted exchange (the last one forever)."""
         index = min(self.served, len(self.script) - 1)
         latency = self.latencies[self.served % len(self.latencies)]
         self.served += 1
         happening = self.script[index]
         if isinstance(happening, ApiReply):
-            return Exchange(Fate.REPLY, latency, happening)
+            return SimulatedExchange(RequestFate.REPLY, latency, happening)
         if isinstance(happening, NotSent):
-            return Exchange(Fate.REFUSED, latency, server_acted=False)
-        return Exchange(Fate.TIMEOUT, latency)
+            return SimulatedExchange(RequestFate.REFUSED, latency, server_acted=False)
+        return SimulatedExchange(RequestFate.TIMEOUT, latency)
 
 
 sim_scripts = st.lists(

@@ -413,14 +413,14 @@ def test_mutant_deadline_never_failed_is_caught(monkeypatch: pytest.MonkeyPatch)
 
 def test_mutant_illegal_edge_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine whose retry of a poll jumps straight to ready violates `spec_edges`."""
-    real = job_module.fire
+    real = job_module.apply_trigger
 
-    def fire(model: Any, trigger: str) -> None:
+    def apply_trigger(model: Any, trigger: str) -> None:
         real(model, trigger)
         if trigger == "retry_poll":
             model.state = "submitted"
 
-    monkeypatch.setattr(job_module, "fire", fire)
+    monkeypatch.setattr(job_module, "apply_trigger", apply_trigger)
     assert caught(check_spec_edges)
 
 

@@ -24,7 +24,7 @@ from captchaflow.engine import (
     VirtualClock,
 )
 from captchaflow.engine import _job as job_module
-from captchaflow.engine._driver import drive
+from captchaflow.engine._driver import drive_job
 from captchaflow.policies import (
     MIN_POLL_DELAY,
     Decision,
@@ -134,7 +134,7 @@ def drive_virtual(timeout: float = 30.0, scenario: Scenario = QUICK, **parts: An
         gate=gate,
     )
     transport = SimulatedTransport(SimulatedAPI(scenario, seed=1), clock)
-    anyio.run(lambda: drive(job, transport, clock, on_move=None))
+    anyio.run(lambda: drive_job(job, transport, clock, on_move=None))
     assert job.finished
     return job
 

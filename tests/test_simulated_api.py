@@ -16,17 +16,17 @@ from captchaflow.policies import Bucket, Failure
 from captchaflow.transports import ApiKey, ApiReply, ApiRequest, Endpoint, NotSent, SentNoReply
 from captchaflow.transports.sim import (
     AccountSpec,
-    Exchange,
-    Fate,
     FaultKind,
     FaultRates,
     Outage,
     PlanState,
+    RequestFate,
     Scenario,
     ScenarioError,
     ScheduledFault,
     SimRequest,
     SimulatedAPI,
+    SimulatedExchange,
     SimulatedTransport,
     TaskTypeSpec,
 )
@@ -55,22 +55,22 @@ def encode(**fields: Any) -> bytes:
     return json.dumps(fields).encode()
 
 
-def create(api: SimulatedAPI, now: float, *, key: str = KEY, task: Any = TASK) -> Exchange:
+def create(api: SimulatedAPI, now: float, *, key: str = KEY, task: Any = TASK) -> SimulatedExchange:
     """POST a createTask."""
     return api.handle_http("/createTask", encode(clientKey=key, task=task), now)
 
 
-def poll(api: SimulatedAPI, task_id: Any, now: float, *, key: str = KEY) -> Exchange:
+def poll(api: SimulatedAPI, task_id: Any, now: float, *, key: str = KEY) -> SimulatedExchange:
     """POST a getTaskResult."""
     return api.handle_http("/getTaskResult", encode(clientKey=key, taskId=task_id), now)
 
 
-def balance(api: SimulatedAPI, now: float, *, key: str = KEY) -> Exchange:
+def balance(api: SimulatedAPI, now: float, *, key: str = KEY) -> SimulatedExchange:
     """POST a getBalance."""
     return api.handle_http("/getBalance", encode(clientKey=key), now)
 
 
-def request(api: SimulatedAPI, path: str, now: float, task_id: Any = 1) -> Exchange:
+def request(api: SimulatedAPI, path: str, now: float, task_id: Any = 1) -> SimulatedExchange:
     """POST a well-formed request to any of the three endpoints."""
     if path == "/createTask":
         return create(api, now)
@@ -79,27 +79,27 @@ def request(api: SimulatedAPI, path: str, now: float, task_id: Any = 1) -> Excha
     return balance(api, now)
 
 
-def body(exchange: Exchange) -> Any:
+def body(exchange: SimulatedExchange) -> Any:
     """The parsed JSON body of a reply."""
-    assert exchange.fate is Fate.REPLY
+    assert exchange.fate is RequestFate.REPLY
     assert exchange.reply is not None
     return json.loads(exchange.reply.body)
 
 
-def code(exchange: Exchange) -> int | None:
+def code(exchange: SimulatedExchange) -> int | None:
     """The API error code of a reply (None for a success)."""
     payload = body(exchange)
     return payload.get("code") if isinstance(payload, dict) else None
 
 
-def hint(exchange: Exchange) -> int | None:
+def hint(exchange: SimulatedExchange) -> int | None:
     """The `retryAfterSec` of an error reply."""
     payload = body(exchange)
     assert isinstance(payload, dict)
     return payload.get("retryAfterSec")
 
 
-def task_id_of(exchange: Exchange) -> int:
+def task_id_of(exchange: SimulatedExchange) -> int:
     """The task id of a successful createTask reply."""
     task_id = body(exchange)["taskId"]
     assert isinstance(task_id, int)
@@ -134,7 +134,7 @@ def test_create_returns_integer_task_id() -> None:
     """A valid createTask answers `{"taskId": <int>}` and records the task."""
     api = SimulatedAPI(scenario())
     exchange = create(api, 0.0)
-    assert exchange.fate is Fate.REPLY
+    assert exchange.fate is RequestFate.REPLY
     assert exchange.reply is not None and exchange.reply.status == 200
     assert exchange.server_acted and exchange.label == "ok"
     assert exchange.latency == pytest.approx(0.1)
@@ -466,8 +466,8 @@ def test_precedence_fault_before_service_beats_everything() -> None:
         scheduled_faults=(ScheduledFault(start=0.0, end=100.0, kind=FaultKind.REFUSED),),
     )
     api = SimulatedAPI(sc)
-    assert create(api, 1.0, key="sk-wrong").fate is Fate.REFUSED
-    assert api.handle_http("/createTask", b"not json", 1.0).fate is Fate.REFUSED
+    assert create(api, 1.0, key="sk-wrong").fate is RequestFate.REFUSED
+    assert api.handle_http("/createTask", b"not json", 1.0).fate is RequestFate.REFUSED
 
 
 def test_precedence_bad_body_and_bad_key_beat_outage() -> None:
@@ -629,7 +629,7 @@ def test_refused_fault(how: str) -> None:
     """refused: fate REFUSED after half the latency; the service did not act or create."""
     api = SimulatedAPI(with_fault(FaultKind.REFUSED, how))
     exchange = create(api, 0.0)
-    assert exchange.fate is Fate.REFUSED
+    assert exchange.fate is RequestFate.REFUSED
     assert exchange.reply is None
     assert not exchange.server_acted
     assert exchange.label == "refused"
@@ -645,7 +645,7 @@ def test_timeout_before_fault(how: str) -> None:
     """timeout_before: the request is lost; TIMEOUT after `timeout_seconds`, nothing acted."""
     api = SimulatedAPI(with_fault(FaultKind.TIMEOUT_BEFORE, how, timeout_seconds=7.0))
     exchange = create(api, 0.0)
-    assert exchange.fate is Fate.TIMEOUT
+    assert exchange.fate is RequestFate.TIMEOUT
     assert exchange.latency == 7.0
     assert not exchange.server_acted
     assert exchange.label == "lost_request"
@@ -662,7 +662,7 @@ def test_gateway_http_faults(how: str, retry_after: float | None, kind: FaultKin
     statuses = set()
     for i in range(20):
         exchange = create(api, float(i))
-        assert exchange.fate is Fate.REPLY
+        assert exchange.fate is RequestFate.REPLY
         assert not exchange.server_acted
         reply = exchange.reply
         assert reply is not None
@@ -691,7 +691,7 @@ def test_timeout_after_create_bills_an_unseen_task(how: str) -> None:
     """timeout_after on createTask: client times out, task created, billed, unseen."""
     api = SimulatedAPI(with_fault(FaultKind.TIMEOUT_AFTER, how, timeout_seconds=9.0))
     exchange = create(api, 0.0)
-    assert exchange.fate is Fate.TIMEOUT
+    assert exchange.fate is RequestFate.TIMEOUT
     assert exchange.server_acted
     assert exchange.latency == 9.0
     assert exchange.reply is None
@@ -722,7 +722,7 @@ def test_mangled_replies_are_malformed_but_the_task_exists(
     """non_json/truncated/wrong_shape: MALFORMED to `classify`, task still created."""
     api = SimulatedAPI(with_fault(kind, how))
     exchange = create(api, 0.0)
-    assert exchange.fate is Fate.REPLY
+    assert exchange.fate is RequestFate.REPLY
     assert exchange.server_acted
     assert exchange.label == f"{kind.value}(ok)"
     assert exchange.reply is not None
@@ -766,7 +766,7 @@ def test_slow_fault_adds_slow_seconds(how: str) -> None:
     """slow: the normal reply, `slow_seconds` late; nothing lost, nothing unseen."""
     api = SimulatedAPI(with_fault(FaultKind.SLOW, how, slow_seconds=4.0))
     exchange = create(api, 0.0)
-    assert exchange.fate is Fate.REPLY
+    assert exchange.fate is RequestFate.REPLY
     assert exchange.latency == pytest.approx(0.2 + 4.0)
     assert body(exchange) == {"taskId": 1}
     assert exchange.label == "ok"
@@ -783,7 +783,7 @@ def test_scheduled_fault_on_one_endpoint_leaves_the_other_alone() -> None:
     )
     api = SimulatedAPI(sc)
     assert create(api, 1.0).label == "ok"
-    assert poll(api, 1, 10.0).fate is Fate.REFUSED
+    assert poll(api, 1, 10.0).fate is RequestFate.REFUSED
     assert balance(api, 10.0).label == "balance"
     assert poll(api, 1, 50.0).label == "ready"
 
@@ -796,7 +796,7 @@ def test_scheduled_fault_window_is_half_open() -> None:
     )
     api = SimulatedAPI(sc)
     fates = [create(api, t).fate for t in (9.99, 10.0, 19.99, 20.0)]
-    assert fates == [Fate.REPLY, Fate.TIMEOUT, Fate.TIMEOUT, Fate.REPLY]
+    assert fates == [RequestFate.REPLY, RequestFate.TIMEOUT, RequestFate.TIMEOUT, RequestFate.REPLY]
 
 
 READY_REPLY = ApiReply.json({"status": "ready", "solution": {"text": "x"}})
@@ -805,14 +805,14 @@ READY_REPLY = ApiReply.json({"status": "ready", "solution": {"text": "x"}})
 @pytest.mark.parametrize(
     ("exchange", "seen"),
     [
-        (Exchange(Fate.REPLY, 2.0, READY_REPLY), ApiReply),
-        (Exchange(Fate.REFUSED, 2.0, server_acted=False), NotSent),
-        (Exchange(Fate.TIMEOUT, 2.0, server_acted=False), SentNoReply),
-        (Exchange(Fate.TIMEOUT, 2.0), SentNoReply),
+        (SimulatedExchange(RequestFate.REPLY, 2.0, READY_REPLY), ApiReply),
+        (SimulatedExchange(RequestFate.REFUSED, 2.0, server_acted=False), NotSent),
+        (SimulatedExchange(RequestFate.TIMEOUT, 2.0, server_acted=False), SentNoReply),
+        (SimulatedExchange(RequestFate.TIMEOUT, 2.0), SentNoReply),
     ],
     ids=["reply", "refused", "timeout-before", "timeout-after"],
 )
-def test_seen_by_client(exchange: Exchange, seen: type) -> None:
+def test_seen_by_client(exchange: SimulatedExchange, seen: type) -> None:
     """`seen_by_client` per fate, and (timeout, SentNoReply) when patience < latency."""
     for timeout in (None, 2.0, 10.0):
         at, what = exchange.seen_by_client(timeout)
@@ -962,7 +962,7 @@ FAULT_MIX = Scenario(
 )
 
 
-def run_sequence(api: SimulatedAPI) -> list[tuple[Fate, float, ApiReply | None, bool, str]]:
+def run_sequence(api: SimulatedAPI) -> list[tuple[RequestFate, float, ApiReply | None, bool, str]]:
     """Feed `api` a fixed sequence of creates and polls; return what came of each."""
     results = []
     for i in range(150):

@@ -6,7 +6,7 @@ order. Built in: `LoggingHook` (the default: DEBUG records on the `captchaflow` 
 `JsonLogFormatter`, `PrometheusHook` (`prometheus_client`, the `prometheus` extra) and
 `OpenTelemetryHook` (the `otel` extra). Those two are imported on first use, so importing
 this package needs neither library. A custom driver hands records to hooks with
-`move_record`, `request_record` and `emit`, as `drive` does.
+`move_record`, `request_record` and `emit`, as `drive_job` does.
 """
 
 import typing

@@ -36,7 +36,7 @@ class Hook(Protocol):
 
 
 DEFAULT_HOOKS: Final[tuple[Hook, ...]] = (LoggingHook(),)
-"""The hooks of an engine (and of `drive`) given none: one DEBUG log record per move on the
+"""The hooks of an engine (and of `drive_job`) given none: one DEBUG log record per move on the
 `captchaflow` logger, and one per request on `captchaflow.requests`."""
 
 

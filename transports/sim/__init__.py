@@ -7,13 +7,13 @@ it explicitly (`from captchaflow.transports.sim import SimulatedAPI`); nothing e
 captchaflow loads it until it is used."""
 
 from ._api import (
-    Exchange,
-    Fate,
+    RequestFate,
     SimRequest,
     SimStats,
     SimTask,
     SimulatedAPI,
     SimulatedClock,
+    SimulatedExchange,
     SimulatedTransport,
 )
 from ._scenario import (
@@ -31,12 +31,11 @@ from ._server import SimulatorServer, serve_simulator, simulator_in_thread
 
 __all__ = [
     "AccountSpec",
-    "Exchange",
-    "Fate",
     "FaultKind",
     "FaultRates",
     "Outage",
     "PlanState",
+    "RequestFate",
     "Scenario",
     "ScenarioError",
     "ScheduledFault",
@@ -45,6 +44,7 @@ __all__ = [
     "SimTask",
     "SimulatedAPI",
     "SimulatedClock",
+    "SimulatedExchange",
     "SimulatedTransport",
     "SimulatorServer",
     "TaskTypeSpec",

@@ -2,7 +2,7 @@
 
 Theory of operation. The model is a plain object with no clock and no I/O of its own: each
 call `handle_http(path, body, now)` says what the service and the network between do with
-one request sent at time `now`, and returns an `Exchange`: the reply (or the failure the
+one request sent at time `now`, and returns an `SimulatedExchange`: the reply (or the failure the
 client sees) and how long after `now` the client sees it. The same object serves the
 in-process `SimulatedTransport`, the discrete-event driver and `captchaflow serve-sim`.
 
@@ -49,8 +49,8 @@ from ._scenario import (
 )
 
 __all__ = [
-    "Exchange",
-    "Fate",
+    "SimulatedExchange",
+    "RequestFate",
     "SimStats",
     "SimTask",
     "SimRequest",
@@ -65,7 +65,7 @@ _HTML_HEADERS: Final = {"content-type": "text/html"}
 _PROCESSING: Final = ApiReply.json({"status": "processing"}, headers=_JSON_HEADERS)
 
 
-class Fate(enum.StrEnum):
+class RequestFate(enum.StrEnum):
     """What the client sees of one request."""
 
     REPLY = "reply"
@@ -77,11 +77,11 @@ class Fate(enum.StrEnum):
 
 
 @attrs.frozen
-class Exchange:
+class SimulatedExchange:
     """The fate of one request: `reply` when `fate` is REPLY; seen `latency` s after sending;
     `server_acted` tells whether the service processed it (billing included)."""
 
-    fate: Fate
+    fate: RequestFate
     latency: float
     reply: ApiReply | None = None
     server_acted: bool = True
@@ -95,9 +95,9 @@ class Exchange:
         reply, `NotSent` for a refused connection, `SentNoReply` for a timeout."""
         if timeout is not None and self.latency > timeout:
             return timeout, SentNoReply(f"no reply within {timeout:.3g}s")
-        if self.fate is Fate.REFUSED:
+        if self.fate is RequestFate.REFUSED:
             return self.latency, NotSent("connection refused (simulated)")
-        if self.fate is Fate.TIMEOUT or self.reply is None:
+        if self.fate is RequestFate.TIMEOUT or self.reply is None:
             return self.latency, SentNoReply("timed out waiting for the reply (simulated)")
         return self.latency, self.reply
 
@@ -192,17 +192,19 @@ class SimulatedAPI:
 
     # -- the wire --------------------------------------------------------------------------
 
-    def handle(self, request: ApiRequest, now: float) -> Exchange:
+    def handle(self, request: ApiRequest, now: float) -> SimulatedExchange:
         """What happens to `request` sent at `now` (in-process: the JSON body is not
         encoded and parsed again, which keeps large simulations fast)."""
         payload = {"clientKey": request.key.reveal(), **request.params}
         return self._handle(request.endpoint.value, payload, now)
 
-    def handle_http(self, path: str, body: bytes, now: float) -> Exchange:
+    def handle_http(self, path: str, body: bytes, now: float) -> SimulatedExchange:
         """What happens to a POST of `body` to `path` at `now` (the HTTP server's entry)."""
         return self._handle(path, _parse_object(body), now)
 
-    def _handle(self, path: str, payload: Mapping[str, Any] | None, now: float) -> Exchange:
+    def _handle(
+        self, path: str, payload: Mapping[str, Any] | None, now: float
+    ) -> SimulatedExchange:
         self.stats.requests[path] += 1
         fault = self._draw_fault(path, now) if self._faults_possible else None
         account: _Account | None = None
@@ -230,22 +232,27 @@ class SimulatedAPI:
                 return kind
         return None
 
-    def _fault_before(self, fault: FaultKind) -> Exchange:
+    def _fault_before(self, fault: FaultKind) -> SimulatedExchange:
         latency = self.scenario.latency
         faults = self.scenario.faults
         if fault is FaultKind.REFUSED:
-            return Exchange(Fate.REFUSED, latency / 2, server_acted=False, label="refused")
+            return SimulatedExchange(
+                RequestFate.REFUSED, latency / 2, server_acted=False, label="refused"
+            )
         if fault is FaultKind.TIMEOUT_BEFORE:
-            return Exchange(
-                Fate.TIMEOUT, faults.timeout_seconds, server_acted=False, label="lost_request"
+            return SimulatedExchange(
+                RequestFate.TIMEOUT,
+                faults.timeout_seconds,
+                server_acted=False,
+                label="lost_request",
             )
         headers = dict(_HTML_HEADERS)
         if faults.retry_after_header is not None:
             headers["retry-after"] = _seconds_text(faults.retry_after_header)
         status = 429 if fault is FaultKind.HTTP_429 else self.rng.choice((500, 502, 503, 504))
         body = f"<html><body><h1>{status}</h1>gateway error</body></html>".encode()
-        return Exchange(
-            Fate.REPLY,
+        return SimulatedExchange(
+            RequestFate.REPLY,
             latency,
             ApiReply(status, body, headers),
             server_acted=False,
@@ -254,20 +261,20 @@ class SimulatedAPI:
 
     def _deliver(
         self, reply: ApiReply, label: str, fault: FaultKind | None, path: str, task_id: int | None
-    ) -> Exchange:
+    ) -> SimulatedExchange:
         latency = self.scenario.latency
         created = path == "/createTask" and task_id is not None
         if fault is None:
-            return Exchange(Fate.REPLY, latency, reply, label=label)
+            return SimulatedExchange(RequestFate.REPLY, latency, reply, label=label)
         if fault is FaultKind.SLOW:
-            return Exchange(
-                Fate.REPLY, latency + self.scenario.faults.slow_seconds, reply, label=label
+            return SimulatedExchange(
+                RequestFate.REPLY, latency + self.scenario.faults.slow_seconds, reply, label=label
             )
         if created:
             self.stats.tasks_billed_unseen += 1
         if fault is FaultKind.TIMEOUT_AFTER:
             timeout = self.scenario.faults.timeout_seconds
-            return Exchange(Fate.TIMEOUT, timeout, label=f"lost_reply({label})")
+            return SimulatedExchange(RequestFate.TIMEOUT, timeout, label=f"lost_reply({label})")
         if fault is FaultKind.NON_JSON:
             body = b"<html><body>Something went wrong</body></html>"
             mangled = ApiReply(200, body, _HTML_HEADERS)
@@ -275,7 +282,9 @@ class SimulatedAPI:
             mangled = ApiReply(reply.status, reply.body[: len(reply.body) // 2], reply.headers)
         else:
             mangled = ApiReply(200, b'["unexpected"]', _JSON_HEADERS)
-        return Exchange(Fate.REPLY, latency, mangled, label=f"{fault.value}({label})")
+        return SimulatedExchange(
+            RequestFate.REPLY, latency, mangled, label=f"{fault.value}({label})"
+        )
 
     # -- the service -----------------------------------------------------------------------
 

@@ -5,11 +5,11 @@ parser; this module owns the socket (an anyio stream) and moves bytes between th
 it can do what an ASGI server cannot: hang up without a reply, or hold a connection silent.
 A complete request is handed to `SimulatedAPI.handle_http(path, body, now)`, where `now` is
 real monotonic time since the server started (the simulation clock starts at 0), and the
-`Exchange` it returns is acted out on the socket:
+`SimulatedExchange` it returns is acted out on the socket:
 
-- `Fate.REPLY`: wait `latency` seconds, then send the reply's status, headers and body;
-- `Fate.TIMEOUT`: hold the connection `latency` seconds, then close it without a byte;
-- `Fate.REFUSED`: close the connection at once without a byte. Over HTTP the request has
+- `RequestFate.REPLY`: wait `latency` seconds, then send the reply's status, headers and body;
+- `RequestFate.TIMEOUT`: hold the connection `latency` seconds, then close it without a byte;
+- `RequestFate.REFUSED`: close the connection at once without a byte. Over HTTP the request has
   already been sent by then, so a client sees a dropped connection with no reply (httpx:
   `RemoteProtocolError`), not a refused connect.
 
@@ -39,7 +39,7 @@ import anyio.abc
 import anyio.from_thread
 import h11
 
-from ._api import Fate, SimulatedAPI
+from ._api import RequestFate, SimulatedAPI
 
 __all__ = ["SimulatorServer", "serve_simulator", "simulator_in_thread"]
 
@@ -264,10 +264,10 @@ class _Connection:
         server = self._server
         exchange = server.api.handle_http(path, body, server.now())
         _log.debug("serve-sim: %s %s", path, exchange.label)
-        if exchange.fate is Fate.REFUSED:
+        if exchange.fate is RequestFate.REFUSED:
             return False
         await anyio.sleep(exchange.latency)
-        if exchange.fate is Fate.TIMEOUT or exchange.reply is None:
+        if exchange.fate is RequestFate.TIMEOUT or exchange.reply is None:
             return False
         reply = exchange.reply
         await self._reply(reply.status, reply.headers, reply.body)
