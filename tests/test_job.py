@@ -695,23 +695,17 @@ def test_feed_reply_returns_the_jobs_the_gate_wakes() -> None:
     """With a gate, the jobs it wants re-run come back from feed_reply (a job's release of
     its slot wakes the one waiting for it)."""
     gate = FleetGate(startup=None, concurrency=AdaptiveConcurrency(limit=1.0))
-    first = Job(
-        TASK,
-        key=KEY,
-        policy=DocumentedPolicy(),
-        schedule=FixedInterval(),
-        now=0.0,
-        timeout=120.0,
-        gate=gate,
-    )
-    second = Job(
-        TASK,
-        key=KEY,
-        policy=DocumentedPolicy(),
-        schedule=FixedInterval(),
-        now=0.0,
-        timeout=120.0,
-        gate=gate,
+    first, second = (
+        Job(
+            TASK,
+            key=KEY,
+            policy=DocumentedPolicy(),
+            schedule=FixedInterval(),
+            now=0.0,
+            timeout=120.0,
+            gate=gate,
+        )
+        for _ in range(2)
     )
     send(first, 0.0)
     assert isinstance(second.next_action(0.0), Wait)  # no slot: held
