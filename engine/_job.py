@@ -652,7 +652,10 @@ class Job:
 
     def _fail_deadline(self, now: float, reason: str = "") -> None:
         last = self.last_failure
-        if not reason and last is not None:
+        if not reason and self._hold_reason is not None:
+            # Never silent: a job the gate freed but its driver did not run again ends here.
+            reason = f"still held by the account gate ({self._hold_reason}) when the deadline came"
+        elif not reason and last is not None:
             reason = f"last failure: {_describe(last)}"
         self._move("fail", now, "deadline passed")
         self.error = DeadlineExceededError(

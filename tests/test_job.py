@@ -715,3 +715,30 @@ def test_feed_reply_returns_the_jobs_the_gate_wakes() -> None:
         second
     ]
     assert isinstance(second.next_action(2.2), Send)
+
+
+def test_a_gated_job_never_woken_says_so_at_its_deadline() -> None:
+    """A driver that ignores the gate's wake-ups does not lose the job silently: it fails at
+    its deadline saying it was still held by the gate, and why."""
+    gate = FleetGate(startup=None, concurrency=AdaptiveConcurrency(limit=1.0))
+    first, second = (
+        Job(
+            TASK,
+            key=KEY,
+            policy=DocumentedPolicy(),
+            schedule=FixedInterval(),
+            now=0.0,
+            timeout=30.0,
+            gate=gate,
+        )
+        for _ in range(2)
+    )
+    send(first, 0.0)
+    held = second.next_action(0.0)
+    assert isinstance(held, Wait) and held.until == 30.0  # no time of its own: the deadline
+    first.feed_reply(ApiReply.json({"taskId": 1}), 0.1)
+    send(first, 2.1)
+    first.feed_reply(ApiReply.json({"status": "ready", "solution": {"t": 1}}), 2.2)  # ignored
+    assert second.next_action(30.0) == Finished()
+    assert isinstance(second.error, DeadlineExceededError)
+    assert "still held by the account gate (waiting for a task slot)" in second.error.reason
