@@ -223,3 +223,23 @@ def test_cli_with_a_dead_server_gives_up_at_the_deadline() -> None:
     run = run_balance(f"http://127.0.0.1:{port}", SIM_KEY, "--timeout", "2")
     assert run.code == 6 and run.out == ""
     assert len(run.err.splitlines()) == 1 and "NOT_SENT" in run.err
+
+
+def test_base_url_comes_from_the_environment_when_not_given() -> None:
+    """Without --base-url the command uses $NOCAPTCHA_BASE_URL; a bad one is a usage error
+    naming the variable, not repeating its value; --base-url wins over it."""
+    with simulator_in_thread(sim(7.5)) as server:
+        env = {**os.environ, KEY_ENV: SIM_KEY, "NOCAPTCHA_BASE_URL": server.base_url}
+        done = subprocess.run([*CLI, "balance"], capture_output=True, text=True, env=env)
+        assert (done.returncode, done.stdout) == (0, "7.5\n"), done.stderr
+        env["NOCAPTCHA_BASE_URL"] = "ftp://secret-host.test/"
+        bad = subprocess.run([*CLI, "balance"], capture_output=True, text=True, env=env)
+        assert bad.returncode == 2 and "$NOCAPTCHA_BASE_URL must start with" in bad.stderr
+        assert "secret-host" not in bad.stderr
+        given = subprocess.run(
+            [*CLI, "balance", "--base-url", server.base_url],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert (given.returncode, given.stdout) == (0, "7.5\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
@@ -119,3 +120,48 @@ def test_readme_example_against_the_simulator(code: str, monkeypatch: pytest.Mon
 
             anyio.run(names["solve_all"], names["tasks"])
     assert api.stats.tasks_created >= 1 and api.stats.solutions_delivered >= 1
+
+
+SHELL_SIMULATED = re.compile(r"<!-- shell-simulator -->\n```bash\n(.*?)```", re.DOTALL)
+
+
+def test_readme_shell_example_against_the_simulator(tmp_path: pathlib.Path) -> None:
+    """The quick start's shell lines run as written (the key's `...` filled in, an image
+    file at hand) against the simulated service, pointed at through $NOCAPTCHA_BASE_URL:
+    each command prints one solution line and the whole block exits 0."""
+    import os
+    import subprocess
+    import sys
+
+    from captchaflow.transports.sim import (
+        AccountSpec,
+        Scenario,
+        SimulatedAPI,
+        TaskTypeSpec,
+        simulator_in_thread,
+    )
+
+    (block,) = SHELL_SIMULATED.findall(README)
+    script = block.replace("NOCAPTCHA_API_KEY=...", f"NOCAPTCHA_API_KEY={SIM_KEY}")
+    (tmp_path / "captcha.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    quick = TaskTypeSpec(solve_seconds=0.2, solve_spread=0, min_solve_seconds=0)
+    api = SimulatedAPI(Scenario(accounts=(AccountSpec(key=SIM_KEY),), default_task=quick))
+    bin_dir = str(pathlib.Path(sys.executable).parent)  # where the console script is
+    with simulator_in_thread(api) as server:
+        env = {
+            **os.environ,
+            "NOCAPTCHA_BASE_URL": server.base_url,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["text"] for line in lines)
+    assert api.stats.tasks_created == 2
