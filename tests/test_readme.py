@@ -165,3 +165,68 @@ def test_readme_shell_example_against_the_simulator(tmp_path: pathlib.Path) -> N
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and all(json.loads(line)["text"] for line in lines)
     assert api.stats.tasks_created == 2
+
+
+SESSION = re.compile(r"<!-- session -->\n```bash\n(.*?)```", re.DOTALL)
+
+
+def _session_steps(block: str) -> list[tuple[str, list[str]]]:
+    """The session's commands (continuation lines joined) and the output lines each shows."""
+    steps: list[tuple[str, list[str]]] = []
+    lines = block.splitlines()
+    i = 0
+    while i < len(lines):
+        command = lines[i].removeprefix("$ ")
+        while command.endswith("\\"):
+            i += 1
+            command = command[:-1] + lines[i].strip()
+        i += 1
+        output = []
+        while i < len(lines) and not lines[i].startswith("$ "):
+            output.append(lines[i])
+            i += 1
+        steps.append((command, output))
+    return steps
+
+
+def test_readme_serve_sim_session_replays() -> None:
+    """The `serve-sim` session in the README, replayed against a real `serve-sim` process:
+    it prints a URL first, and each later command prints what the README shows (the URL
+    being the one this server got)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    (block,) = SESSION.findall(README)
+    steps = _session_steps(block)
+    start, *middle, stop = steps
+    assert start[0].endswith("&") and stop[0] == "kill %1"
+    shown_url = start[1][0]
+    bin_dir = str(pathlib.Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("NOCAPTCHA_BASE_URL", None)
+    server = subprocess.Popen(
+        ["bash", "-c", start[0].removesuffix("&").strip()],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        for command, shown in middle:
+            if command.startswith("curl") and shutil.which("curl") is None:
+                continue
+            done = subprocess.run(
+                ["bash", "-c", command.replace(shown_url, url)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+            assert (done.stdout + done.stderr).splitlines() == shown, command
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)  # reaps it and closes its stdout
