@@ -691,9 +691,8 @@ def test_feed_reply_without_a_request_out_is_a_driver_bug() -> None:
         new_job().feed_reply(ApiReply.json({"taskId": 7}), 0.0)
 
 
-def test_feed_reply_returns_the_jobs_the_gate_wakes() -> None:
-    """With a gate, the jobs it wants re-run come back from feed_reply (a job's release of
-    its slot wakes the one waiting for it)."""
+def two_jobs_one_slot(timeout: float) -> tuple[Job, Job]:
+    """Two jobs sharing a gate that lets one task run at a time."""
     gate = FleetGate(startup=None, concurrency=AdaptiveConcurrency(limit=1.0))
     first, second = (
         Job(
@@ -702,11 +701,18 @@ def test_feed_reply_returns_the_jobs_the_gate_wakes() -> None:
             policy=DocumentedPolicy(),
             schedule=FixedInterval(),
             now=0.0,
-            timeout=120.0,
+            timeout=timeout,
             gate=gate,
         )
         for _ in range(2)
     )
+    return first, second
+
+
+def test_feed_reply_returns_the_jobs_the_gate_wakes() -> None:
+    """With a gate, the jobs it wants re-run come back from feed_reply (a job's release of
+    its slot wakes the one waiting for it)."""
+    first, second = two_jobs_one_slot(timeout=120.0)
     send(first, 0.0)
     assert isinstance(second.next_action(0.0), Wait)  # no slot: held
     first.feed_reply(ApiReply.json({"taskId": 1}), 0.1)
@@ -720,19 +726,7 @@ def test_feed_reply_returns_the_jobs_the_gate_wakes() -> None:
 def test_a_gated_job_never_woken_says_so_at_its_deadline() -> None:
     """A driver that ignores the gate's wake-ups does not lose the job silently: it fails at
     its deadline saying it was still held by the gate, and why."""
-    gate = FleetGate(startup=None, concurrency=AdaptiveConcurrency(limit=1.0))
-    first, second = (
-        Job(
-            TASK,
-            key=KEY,
-            policy=DocumentedPolicy(),
-            schedule=FixedInterval(),
-            now=0.0,
-            timeout=30.0,
-            gate=gate,
-        )
-        for _ in range(2)
-    )
+    first, second = two_jobs_one_slot(timeout=30.0)
     send(first, 0.0)
     held = second.next_action(0.0)
     assert isinstance(held, Wait) and held.until == 30.0  # no time of its own: the deadline
