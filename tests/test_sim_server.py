@@ -74,8 +74,15 @@ def body(**fields: Any) -> bytes:
 
 @pytest.mark.anyio
 async def test_engine_solves_a_task_over_http() -> None:
-    """The engine's own HttpxTransport drives a task to the simulator's solution over HTTP."""
-    api = SimulatedAPI(QUICK, seed=3)
+    """The engine's own HttpxTransport drives a task to the simulator's solution over HTTP,
+    polling while it is processing (a 1-s solve against 0.2-s polls: a loaded machine's
+    slow createTask reply cannot skip the processing replies)."""
+    one_second = Scenario(
+        accounts=QUICK.accounts,
+        default_task=TaskTypeSpec(solve_seconds=1.0, solve_spread=0.0, min_solve_seconds=0.0),
+        latency=0.0,
+    )
+    api = SimulatedAPI(one_second, seed=3)
     async with SimulatorServer(api) as server:
         engine = Engine(KEY, base_url=server.base_url, poll_schedule=FixedInterval(interval=0.2))
         async with engine:
