@@ -18,8 +18,8 @@ from .instrumentation import DEFAULT_HOOKS, Hook, emit, move_record, request_rec
 
 __all__ = [
     "SEND_GRACE",
-    "MoveHook",
     "GateWaker",
+    "MoveHook",
     "drive_job",
     "log_move",
     "query_balance",

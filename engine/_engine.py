@@ -5,8 +5,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import Literal, TypedDict, Unpack
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Literal, TypedDict, TypeVar, Unpack
 
 import anyio
 import anyio.from_thread
@@ -40,6 +48,8 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 120.0
+
+_T = TypeVar("_T")
 
 
 def default_gate(rng: random.Random | None = None) -> FleetGate:
@@ -277,12 +287,7 @@ def solve(
     Returns the solution or raises a `CaptchaflowError` subclass. Must not be called from
     inside a running event loop: use `Engine.solve` there.
     """
-
-    async def run() -> Mapping[str, JsonValue]:
-        async with Engine(key, **options) as engine:
-            return await engine.solve(task)
-
-    return anyio.run(run, backend=backend)
+    return _on_own_loop(key, backend, options, lambda engine: engine.solve(task))
 
 
 def balance(
@@ -294,10 +299,20 @@ def balance(
     """The account's balance, synchronously (runs its own event loop); `options` are
     `Engine`'s. Raises a `CaptchaflowError` subclass when it cannot be had. Must not be
     called from inside a running event loop: use `Engine.balance` there."""
+    return _on_own_loop(key, backend, options, lambda engine: engine.balance())
 
-    async def run() -> float:
+
+def _on_own_loop(
+    key: str | ApiKey,
+    backend: Literal["asyncio", "trio"],
+    options: EngineOptions,
+    call: Callable[[Engine], Awaitable[_T]],
+) -> _T:
+    """`call` on an `Engine(key, **options)`, in an event loop of its own (closed after)."""
+
+    async def run() -> _T:
         async with Engine(key, **options) as engine:
-            return await engine.balance()
+            return await call(engine)
 
     return anyio.run(run, backend=backend)
 

@@ -18,12 +18,12 @@ from captchaflow.engine._errors import (
     CaptchaflowError,
     InvalidTaskError,
     JobCancelledError,
-    MalformedReplyError,
 )
 from captchaflow.engine._job import Job, validate_task
 from captchaflow.transports import JsonValue
 
 from ._inputs import MAX_TASK_BYTES, _size
+from ._output import strict_json, unencodable_solution
 
 MAX_LINE_BYTES = MAX_TASK_BYTES
 """The longest line of TASKS (or of RESULTS) read; a longer one is a bad line, read past
@@ -225,7 +225,7 @@ def _error_fields(error: CaptchaflowError) -> dict[str, JsonValue]:
 def _line(record: dict[str, JsonValue], job: Job) -> bytes:
     """`record` as one line of strict JSON, ASCII, with the job's key redacted; raises
     ValueError for NaN or an infinite number."""
-    text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+    text = strict_json(record)
     return (job.key.redact(text) + "\n").encode("utf-8")
 
 
@@ -246,12 +246,7 @@ def result_of(ident: BatchId, job: Job) -> Result:
             record = {"id": ident, "state": "ready", "solution": job.solution, **tail}
             return Result("ready", None, _line(record, job))
         except ValueError:
-            error: CaptchaflowError = MalformedReplyError(
-                "the solution holds NaN or an infinite number, which JSON cannot carry; "
-                "it was not written",
-                name="NON_FINITE_NUMBER",
-                task_id=job.task_id,
-            )
+            error: CaptchaflowError = unencodable_solution("written", job.task_id)
         state = "failed"
     else:
         error = job.error or CaptchaflowError("the job ended without a solution or an error")

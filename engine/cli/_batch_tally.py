@@ -12,7 +12,7 @@ from captchaflow.engine._errors import CaptchaflowError
 from captchaflow.engine._words import counted
 
 from ._batch_io import Result
-from ._exit import EXIT_USAGE, exit_code_for
+from ._exit import EXIT_USAGE, commonest_exit_code
 
 FINAL_STATES = ("ready", "failed", "cancelled")
 
@@ -96,9 +96,9 @@ class Tally:
         """0 if every task is solved (now or before) and no line was bad; else the status
         of the commonest error among failed tasks (ties: the first name), as `captchaflow
         solve` would end with it; else (lines skipped, input not all read) 2."""
-        if self.failures:
-            name = min(self.failures, key=lambda n: (-self.failures[n], n))
-            return exit_code_for(self._first_errors[name])
+        code = commonest_exit_code(self.failures, self._first_errors)
+        if code is not None:
+            return code
         if self.bad_lines or self.unread_input:
             return EXIT_USAGE
         return 0

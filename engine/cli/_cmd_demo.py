@@ -12,7 +12,7 @@ from captchaflow.engine._demo import format_failures, format_summary, run_demo
 
 from ._args import _add_simulation_options, _Commands, _task_count
 from ._batch_tally import Tally
-from ._exit import exit_code_for
+from ._exit import commonest_exit_code
 from ._inputs import _read_scenario
 from ._progress import LiveProgress, TallyHook
 
@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if failures is None:
         return 0
     print(failures, file=sys.stderr)
-    # The exit status of the commonest error (ties: the first by name), as `solve` would.
     errors = [job.error for job in report.jobs if job.error is not None]
     counts = collections.Counter(error.name for error in errors)
-    name = min(counts, key=lambda n: (-counts[n], n))
-    return exit_code_for(next(error for error in errors if error.name == name))
+    code = commonest_exit_code(counts, {error.name: error for error in reversed(errors)})
+    return code if code is not None else 0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from captchaflow.engine._driver import MoveHook
 from captchaflow.engine._engine import solve
-from captchaflow.engine._errors import CaptchaflowError, MalformedReplyError
+from captchaflow.engine._errors import CaptchaflowError
 from captchaflow.engine._fsm import Move
 from captchaflow.engine._job import Job
 from captchaflow.transports import ApiKey
@@ -17,7 +16,7 @@ from ._args import _Commands
 from ._exit import _fail_with
 from ._inputs import MAX_IMAGE_BYTES, MAX_TASK_BYTES, _read_task, _size
 from ._logging import _add_logging_options, _setup_logging
-from ._output import _fail
+from ._output import _fail, strict_json, unencodable_solution
 
 
 def register(commands: _Commands) -> argparse.ArgumentParser:
@@ -83,13 +82,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Strict JSON (no NaN or Infinity), ASCII only: it prints on any terminal encoding,
         # so a paid-for solution is never lost to a UnicodeEncodeError.
-        line = json.dumps(solution, separators=(",", ":"), allow_nan=False)
+        line = strict_json(solution)
     except ValueError:
-        error = MalformedReplyError(
-            "the solution holds NaN or an infinite number, which JSON cannot carry; "
-            "it was not printed",
-            name="NON_FINITE_NUMBER",
-        )
-        return _fail_with(error, key)
+        return _fail_with(unencodable_solution("printed"), key)
     print(line)
     return 0

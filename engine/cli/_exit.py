@@ -47,3 +47,15 @@ def exit_code_for(error: CaptchaflowError) -> int:
 def _fail_with(error: CaptchaflowError, key: ApiKey | None = None) -> int:
     """Print `error`'s one-line summary (the key redacted); return its exit status."""
     return _fail(error.summary(), exit_code_for(error), key)
+
+
+def commonest_exit_code(
+    counts: Mapping[str, int], examples: Mapping[str, CaptchaflowError]
+) -> int | None:
+    """The exit status of the commonest error name in `counts` (ties: the first name in
+    alphabetical order), as `solve` would end with `examples[name]`; None if `counts` is
+    empty: how a command that ran many tasks (`demo`, `batch`) ends when some failed."""
+    if not counts:
+        return None
+    name = min(counts, key=lambda n: (-counts[n], n))
+    return exit_code_for(examples[name])

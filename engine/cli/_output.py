@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import TextIO
 
-from captchaflow.transports import ApiKey
+from captchaflow.engine._errors import MalformedReplyError
+from captchaflow.transports import ApiKey, JsonValue, TaskId
 
 PROG = "captchaflow"
 
@@ -58,3 +60,20 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     print(f"{PROG}: warning: {printable(' '.join(str(message).split()))}", file=sys.stderr)
+
+
+def strict_json(value: JsonValue) -> str:
+    """`value` as one line of strict JSON, ASCII only (so it prints on any terminal
+    encoding); raises ValueError for NaN or an infinite number, which JSON cannot carry."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def unencodable_solution(unshown: str, task_id: TaskId | None = None) -> MalformedReplyError:
+    """The error of a solution that strict JSON cannot carry (NaN, an infinite number), so
+    it was not `unshown` ("printed", "written"): NON_FINITE_NUMBER, a malformed reply."""
+    return MalformedReplyError(
+        "the solution holds NaN or an infinite number, which JSON cannot carry; "
+        f"it was not {unshown}",
+        name="NON_FINITE_NUMBER",
+        task_id=task_id,
+    )
