@@ -15,6 +15,7 @@ from ._clock import Clock
 from ._fsm import Move
 from ._job import Finished, Job, Wait
 from .instrumentation import DEFAULT_HOOKS, Hook, emit, move_record, request_record
+from .journal._base import JobRecorder
 
 __all__ = [
     "SEND_GRACE",
@@ -103,6 +104,7 @@ async def drive_job(
     on_move: MoveHook | None = None,
     hooks: Sequence[Hook] | None = None,
     waker: GateWaker | None = None,
+    recorder: JobRecorder | None = None,
 ) -> Job:
     """Run `job` until it is finished and return it.
 
@@ -114,6 +116,10 @@ async def drive_job(
     `hooks` (by default `DEFAULT_HOOKS`: DEBUG log records) get a `MoveRecord` for every
     move and a `RequestRecord` for every request, in order; `on_move`, if given, is called
     with the live job for every move as well.
+
+    With a `recorder`, the job's progress goes to its journal: a createTask is recorded
+    before it leaves, the `taskId` it brings back before any further request, and the
+    outcome at the end (see `JobRecorder`).
     """
     hooks = DEFAULT_HOOKS if hooks is None else tuple(hooks)
     gate = job.gate
@@ -142,6 +148,8 @@ async def drive_job(
                 else:
                     await clock.sleep_until(action.until)
             else:
+                if recorder is not None:
+                    await recorder.before_send(action.request)
                 outcome, bug, received = await _exchange(
                     job, action.request, transport, clock, now, hooks
                 )
@@ -149,6 +157,8 @@ async def drive_job(
                     job.feed_bug(received, bug)
                 else:
                     job.feed(outcome, received)
+                if recorder is not None:
+                    await recorder.after_reply(job, action.request.endpoint, outcome)
             if gate is not None and waker is not None:
                 waker.wake(gate.wakeups())
     except BaseException:
@@ -156,6 +166,9 @@ async def drive_job(
         raise
     finally:
         report()
+        if recorder is not None:
+            with anyio.CancelScope(shield=True):  # the outcome is written even when cancelled
+                await recorder.at_end(job)
         if gate is not None and waker is not None:
             waker.wake(gate.wakeups())  # a finished job may free a slot for another
     return job

@@ -36,6 +36,7 @@ from ._driver import GateWaker, MoveHook, drive_job, query_balance
 from ._errors import InvalidTaskError
 from ._job import Job, check_timeout, validate_task
 from .instrumentation import DEFAULT_HOOKS, Hook
+from .journal._base import AmbiguousCreate, JobRecorder, Journal, outcome_of, resume_plan
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -71,6 +72,8 @@ class EngineOptions(TypedDict, total=False):
     on_move: MoveHook | None
     hooks: Sequence[Hook] | None
     gate: AccountGate | None
+    journal: Journal | None
+    ambiguous: AmbiguousCreate
 
 
 def _as_key(key: str | ApiKey) -> ApiKey:
@@ -95,6 +98,11 @@ class Engine:
     - `gate`: how the jobs of this engine (one account) coordinate; by default a
       `FleetGate` (shared pause, circuit breaker, adaptive concurrency, retry budget,
       adaptive rate); `OpenGate()` turns coordination off.
+    - `journal`: where `run_recorded` records each job (a `Journal`: `SqliteJournal`,
+      `MemoryJournal`), so that a restarted process resumes jobs instead of paying for
+      them twice; `ambiguous`: what a restart does with a job whose createTask was in flight
+      when the previous run died (`AmbiguousCreate.RECREATE` by default). The engine does
+      not close a journal you pass in.
     """
 
     def __init__(
@@ -110,6 +118,8 @@ class Engine:
         on_move: MoveHook | None = None,
         hooks: Sequence[Hook] | None = None,
         gate: AccountGate | None = None,
+        journal: Journal | None = None,
+        ambiguous: AmbiguousCreate = AmbiguousCreate.RECREATE,
     ) -> None:
         check_timeout(timeout)
         self._key = _as_key(key)
@@ -124,6 +134,8 @@ class Engine:
         self.on_move = on_move
         self.hooks: tuple[Hook, ...] = DEFAULT_HOOKS if hooks is None else tuple(hooks)
         self.gate: AccountGate = gate if gate is not None else default_gate()
+        self.journal = journal
+        self.ambiguous = AmbiguousCreate(ambiguous)
         self._waker = GateWaker()
 
     def job(
@@ -160,6 +172,47 @@ class Engine:
         solution or the error, and the history). Raises only `InvalidTaskError`."""
         job = self.job(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
         return await self._drive(job)
+
+    async def run_recorded(
+        self,
+        job_id: str,
+        task: Mapping[str, JsonValue],
+        *,
+        timeout: float | None = None,
+        policy: RetryPolicy | None = None,
+        poll_schedule: PollSchedule | None = None,
+    ) -> Job:
+        """Drive `task` to a terminal state as job `job_id` of the engine's journal, and
+        return the finished `Job`. What an earlier run journalled under `job_id` for the same
+        task is picked up, never paid for again: a solution is returned as recorded, a task
+        that was created is polled (no createTask), a createTask in doubt follows
+        `ambiguous`; a failed job runs afresh. Raises `InvalidTaskError` for a bad task,
+        `JournalError` (`JournalConflictError`: `job_id` is journalled with another task in
+        flight) when the journal cannot be used, and `ValueError` without a journal."""
+        journal = self.journal
+        if journal is None:
+            raise ValueError("run_recorded needs an engine with a journal")
+        job = self.job(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
+        entry = await journal.add(job_id, job.task)
+        now = self.clock.now()
+        plan = resume_plan(entry, self.ambiguous)
+        if entry.outcome is not None and entry.outcome.get("state") == "ready":
+            solution = entry.outcome.get("solution")
+            if isinstance(solution, dict):
+                job.restore_solution(entry.task_id, solution, now)
+                return job
+        if plan.fail:
+            job.fail_unsent(
+                now,
+                "AMBIGUOUS_CREATE",
+                "a createTask of an earlier run was in flight when it stopped; not sent again "
+                "(ambiguous creates fail)",
+            )
+            await journal.finished(job_id, outcome_of(job))
+            return job
+        if plan.task_id is not None:
+            job.resume(plan.task_id, now)
+        return await self._drive(job, JobRecorder(journal, job_id, plan.task_id))
 
     @contextlib.asynccontextmanager
     async def solve_many(
@@ -247,8 +300,9 @@ class Engine:
         )
         return await query_balance(query, self.transport, self.clock, hooks=self.hooks)
 
-    async def _drive(self, job: Job) -> Job:
-        """Drive `job` (one of this engine's) with the engine's transport, clock and hooks."""
+    async def _drive(self, job: Job, recorder: JobRecorder | None = None) -> Job:
+        """Drive `job` (one of this engine's) with the engine's transport, clock and hooks,
+        recording it with `recorder` if given."""
         return await drive_job(
             job,
             self.transport,
@@ -256,6 +310,7 @@ class Engine:
             on_move=self.on_move,
             hooks=self.hooks,
             waker=self._waker,
+            recorder=recorder,
         )
 
     async def aclose(self) -> None:

@@ -68,6 +68,7 @@ from ._errors import (
     InvalidTaskError,
     JobCancelledError,
     JobStateError,
+    NoReplyError,
     PolicyError,
     error_class_for,
 )
@@ -421,13 +422,7 @@ class Job:
         if isinstance(outcome, Failure):
             self._on_failure(self._redacted(outcome), now)
         elif isinstance(outcome, Accepted) and endpoint is Endpoint.CREATE_TASK:
-            self.task_id = outcome.task_id
-            self.attempt = 0
-            self.polls = 0
-            self._previous_delay = None
-            self._accepted_at = self._processing_at = now
-            self._move("accept", now, f"task {outcome.task_id!r} accepted")
-            self._schedule_poll(now)
+            self._accept(outcome.task_id, now, f"task {outcome.task_id!r} accepted")
         elif isinstance(outcome, Processing) and endpoint is Endpoint.GET_TASK_RESULT:
             self._processing_at = now
             self.attempt = 0
@@ -456,6 +451,42 @@ class Job:
         self._reply_arrives(now)
         self._fail_policy(now, reason)
 
+    def resume(self, task_id: TaskId, now: float, cause: str = "") -> None:
+        """Take over `task_id`, a task created for this job's task by an earlier run (from a
+        journal): the job polls it instead of creating one, as if its createTask had just
+        been accepted (the account gate counts the task as live). Only before the job's
+        first request."""
+        if self.state != INITIAL_STATE.value or self.requests_sent or self._awaiting:
+            raise JobStateError("only a job that has sent nothing can resume a task")
+        self._advance(now)
+        if self.gate is not None:
+            self.gate.observe(self, Endpoint.CREATE_TASK, None, sent_at=now, now=now)
+        self._accept(task_id, now, cause or f"task {task_id!r} resumed from the journal")
+
+    def restore_solution(
+        self, task_id: TaskId | None, solution: Mapping[str, JsonValue], now: float
+    ) -> None:
+        """Finish the job with `solution`, which an earlier run got for this job's task (from
+        a journal), sending nothing. Only before the job's first request."""
+        self.resume(task_id if task_id is not None else "", now, "resumed from the journal")
+        self.solution = solution
+        self._move("solve", now, "solution from the journal (nothing sent)")
+
+    def fail_unsent(self, now: float, name: str, reason: str) -> None:
+        """Fail the job with `NoReplyError` called `name` before it sends anything, for
+        `reason` (a createTask of an earlier run whose fate is unknown, which the caller
+        chose not to repeat). Only before the job's first request."""
+        if self.state != INITIAL_STATE.value or self.requests_sent or self._awaiting:
+            raise JobStateError("only a job that has sent nothing can fail unsent")
+        self._advance(now)
+        self._move("fail", now, reason)
+        self.error = NoReplyError(
+            "the task's createTask may have been sent by an earlier run, whose reply was lost",
+            name=name,
+            reason=self.key.redact(reason),
+            history=self.history,
+        )
+
     def cancel(self, now: float, reason: str = "cancelled by the caller") -> bool:
         """Cancel the job unless it has finished; return whether it was cancelled."""
         if self.state in TERMINAL_STATES:
@@ -475,6 +506,16 @@ class Job:
         self.history.append(Move(now, source, self.state, trigger, self.key.redact(cause)))
         if self.gate is not None and self.state in TERMINAL_STATES:
             self.gate.release(self, now)
+
+    def _accept(self, task_id: TaskId, now: float, cause: str) -> None:
+        """The task exists as `task_id`: poll it."""
+        self.task_id = task_id
+        self.attempt = 0
+        self.polls = 0
+        self._previous_delay = None
+        self._accepted_at = self._processing_at = now
+        self._move("accept", now, cause)
+        self._schedule_poll(now)
 
     def _held(self, decision: Refuse | Hold, now: float) -> bool:
         """Apply a gate's refusal or hold; return True if it finished the job."""
