@@ -7,7 +7,14 @@ from typing import TypeAlias
 
 import anyio
 
-from captchaflow.transports import ApiReply, ApiRequest, SentNoReply, Transport, TransportError
+from captchaflow.transports import (
+    ApiReply,
+    ApiRequest,
+    Endpoint,
+    SentNoReply,
+    Transport,
+    TransportError,
+)
 
 from ._balance import BalanceQuery
 from ._classify import Outcome, classify
@@ -147,18 +154,18 @@ async def drive_job(
                     await waker.wait(job, action.until, clock)
                 else:
                     await clock.sleep_until(action.until)
-            else:
-                if recorder is not None:
+            elif recorder is not None and action.request.endpoint is Endpoint.CREATE_TASK:
+                # Journalled, a createTask is not cut off by a cancellation (an interrupted
+                # run): its reply, and the taskId in it, is awaited and journalled, so only a
+                # killed process leaves a createTask in doubt. The send is bounded as ever.
+                with anyio.CancelScope(shield=True):
                     await recorder.before_send(action.request)
-                outcome, bug, received = await _exchange(
-                    job, action.request, transport, clock, now, hooks
-                )
-                if outcome is None:
-                    job.feed_bug(received, bug)
-                else:
-                    job.feed(outcome, received)
-                if recorder is not None:
+                    outcome = await _send_and_feed(
+                        job, action.request, transport, clock, now, hooks
+                    )
                     await recorder.after_reply(job, action.request.endpoint, outcome)
+            else:
+                await _send_and_feed(job, action.request, transport, clock, now, hooks)
             if gate is not None and waker is not None:
                 waker.wake(gate.wakeups())
     except BaseException:
@@ -172,6 +179,24 @@ async def drive_job(
         if gate is not None and waker is not None:
             waker.wake(gate.wakeups())  # a finished job may free a slot for another
     return job
+
+
+async def _send_and_feed(
+    job: Job,
+    request: ApiRequest,
+    transport: Transport,
+    clock: Clock,
+    now: float,
+    hooks: Sequence[Hook],
+) -> Outcome | None:
+    """Send `job`'s `request` and feed the job what came back; return the outcome (None: the
+    transport failed as no network does, and the job failed for it)."""
+    outcome, bug, received = await _exchange(job, request, transport, clock, now, hooks)
+    if outcome is None:
+        job.feed_bug(received, bug)
+    else:
+        job.feed(outcome, received)
+    return outcome
 
 
 async def query_balance(

@@ -181,6 +181,7 @@ class Engine:
         timeout: float | None = None,
         policy: RetryPolicy | None = None,
         poll_schedule: PollSchedule | None = None,
+        started: Callable[[Job], object] | None = None,
     ) -> Job:
         """Drive `task` to a terminal state as job `job_id` of the engine's journal, and
         return the finished `Job`. What an earlier run journalled under `job_id` for the same
@@ -188,12 +189,16 @@ class Engine:
         that was created is polled (no createTask), a createTask in doubt follows
         `ambiguous`; a failed job runs afresh. Raises `InvalidTaskError` for a bad task,
         `JournalError` (`JournalConflictError`: `job_id` is journalled with another task in
-        flight) when the journal cannot be used, and `ValueError` without a journal."""
+        flight) when the journal cannot be used, and `ValueError` without a journal.
+        `started`, if given, is called with the job before it sends anything (so a caller
+        cancelled meanwhile still has the job, which ends `cancelled`)."""
         journal = self.journal
         if journal is None:
             raise ValueError("run_recorded needs an engine with a journal")
         job = self.job(task, timeout=timeout, policy=policy, poll_schedule=poll_schedule)
         entry = await journal.add(job_id, job.task)
+        if started is not None:
+            started(job)
         now = self.clock.now()
         plan = resume_plan(entry, self.ambiguous)
         if entry.outcome is not None and entry.outcome.get("state") == "ready":

@@ -10,9 +10,10 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from captchaflow.engine import Engine, NoReplyError, VirtualClock
+from captchaflow.engine import Engine, Job, NoReplyError, VirtualClock, drive_job
 from captchaflow.engine.journal import (
     AmbiguousCreate,
     Journal,
@@ -405,3 +406,45 @@ async def test_run_recorded_without_a_journal_is_a_value_error() -> None:
     engine = Engine("k" * 12, transport=HandlerTransport(Counting(READY)), clock=VirtualClock())
     with pytest.raises(ValueError, match="journal"):
         await engine.run_recorded("a", TASK)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("journalled", [True, False])
+async def test_an_interrupt_lets_a_journalled_create_in_flight_finish(
+    journal: Journal, journalled: bool
+) -> None:
+    """Cancelling a run while a createTask is out leaves no doubt for the next run: the
+    reply is awaited and its taskId journalled (only a killed process leaves one in doubt).
+    Without a journal the send is cut off as before (`journalled=False`: the mutant check
+    that the shield, not luck, keeps the taskId)."""
+    scope = anyio.CancelScope()
+
+    async def create(request: ApiRequest) -> ApiReply:
+        scope.cancel()
+        await anyio.lowlevel.checkpoint()  # a checkpoint: a cancellation not shielded lands here
+        return ApiReply.json({"taskId": 11})
+
+    class Transport(HandlerTransport):
+        async def send(self, request: ApiRequest, *, timeout: float | None = None) -> ApiReply:
+            return await create(request)
+
+    engine = Engine(
+        "k" * 12,
+        transport=Transport(lambda request: READY),
+        clock=VirtualClock(),
+        journal=journal if journalled else None,
+        gate=OpenGate(),
+    )
+    started: list[Job] = []
+    with scope:
+        if journalled:
+            await engine.run_recorded("a", TASK, started=started.append)
+        else:
+            started.append(engine.job(TASK))
+            await drive_job(started[0], engine.transport, engine.clock)
+    assert started[0].state == "cancelled"
+    if journalled:
+        entry = await journal.get("a")
+        assert entry is not None and entry.stage is Stage.CREATED and entry.task_id == 11
+    else:
+        assert started[0].task_id is None

@@ -8,17 +8,21 @@ and the event loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 
 import anyio
 
 from captchaflow.engine._engine import Engine
 from captchaflow.engine._job import Job
+from captchaflow.engine.journal import AmbiguousCreate, Journal, JournalError
+from captchaflow.engine.journal._sqlite import SqliteJournal
 from captchaflow.transports import ApiKey
 
 from ._account import _account, _add_account_options
-from ._args import _Commands, _task_count
+from ._args import UsageError, _Commands, _task_count
 from ._batch_files import (
     Item,
     Reader,
@@ -47,7 +51,9 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
         description='Solve every task of TASKS, one a line ({"id": ID, "task": {...}}, or a '
         "bare task object; without an id, line-N), at most N at a time, on one account; "
         "append each result to RESULTS as one line of JSON as soon as it is known. Tasks "
-        "whose last result in RESULTS is ready are skipped: the same command again resumes. "
+        "whose last result in RESULTS is ready are skipped, and tasks created by an earlier run "
+        "(see --journal) are polled, not created again: the same command again resumes, even "
+        "after a crash. "
         "Bad lines are reported by number and skipped. --timeout is each task's deadline.",
         epilog="exit status: 0 every task solved (by this run or an earlier one) and no bad "
         "line; else, if tasks failed, the status solve gives their commonest error: 3 "
@@ -74,8 +80,28 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
         metavar="N",
         help=f"tasks in flight at most ({DEFAULT_CONCURRENCY})",
     )
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="where each task's createTask and taskId are recorded, so that the same command "
+        "after a crash polls the tasks already created instead of paying for them again "
+        "(default: RESULTS.journal; an SQLite file)",
+    )
+    parser.add_argument(
+        "--ambiguous",
+        choices=[rule.value for rule in AmbiguousCreate],
+        default=AmbiguousCreate.RECREATE.value,
+        help="what a rerun does with a task whose createTask was in flight when the last run "
+        "died, its reply lost (the task may exist and be billed): create it again "
+        "(recreate, the default) or record it as failed, AMBIGUOUS_CREATE (fail)",
+    )
     _add_account_options(parser, timeout_is="each task's deadline")
     return parser
+
+
+def journal_path(args: argparse.Namespace) -> str:
+    """The journal's path: `--journal`, else RESULTS with `.journal` appended."""
+    return str(args.journal) if args.journal else f"{args.output}.journal"
 
 
 class _Batch:
@@ -88,11 +114,15 @@ class _Batch:
         results: ResultsFile,
         resumed: Resumed,
         total: int | None,
+        journal: Journal,
     ) -> None:
         """A batch as `args` say, on `account` (key, base URL), appending to `results`,
-        skipping the tasks `resumed` says are solved; `total`: the lines of TASKS, if known."""
+        skipping the tasks `resumed` says are solved, recording each job in `journal`;
+        `total`: the lines of TASKS, if known."""
+        self._journal = journal
         self.tally = Tally(started=time.monotonic(), total=total)
         self.write_error: OSError | None = None
+        self.journal_error: JournalError | None = None
         self._args = args
         self._key, self._base_url = account
         self._results = results
@@ -123,6 +153,8 @@ class _Batch:
             base_url=self._base_url,
             timeout=self._args.timeout,
             on_move=_warn_unresolved_host(self._key),
+            journal=self._journal,
+            ambiguous=AmbiguousCreate(self._args.ambiguous),
         )
         async with engine, anyio.create_task_group() as group:
             self._scope = group.cancel_scope
@@ -166,15 +198,27 @@ class _Batch:
         return entry
 
     async def _solve(self, engine: Engine, entry: Entry, slots: anyio.Semaphore) -> None:
-        """Run `entry`'s task to its end (cancelled if the batch is) and record it."""
-        job = engine.job(entry.task)
+        """Run `entry`'s task to its end (cancelled if the batch is), journalled, and record
+        it in RESULTS."""
+        started: list[Job] = []
         try:
-            await engine._drive(job)  # the engine's hooks, waker and transport
+            await engine.run_recorded(entry.key, entry.task, started=started.append)
+        except JournalError as exc:
+            self._journal_failed(exc)
         finally:  # synchronous from here: a cancellation cannot cut the record short
             self.tally.running -= 1
             slots.release()
-            job.cancel(engine.clock.now(), "the batch was interrupted")
-            self._record(entry, job)
+            if started:
+                job = started[0]
+                job.cancel(engine.clock.now(), "the batch was interrupted")
+                self._record(entry, job)
+
+    def _journal_failed(self, error: JournalError) -> None:
+        """Stop the batch: a journal that cannot be written could make a rerun pay twice."""
+        if self.journal_error is None:
+            self.journal_error = error
+        if self._scope is not None:
+            self._scope.cancel()
 
     def _record(self, entry: Entry, job: Job) -> None:
         """Append finished `job`'s record to RESULTS and count it; if it cannot be written,
@@ -204,12 +248,29 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         os.close(tasks_fd)
         raise
-    with results:
-        batch = _Batch(args, account, results, resumed, total)
+    with results, _open_journal(journal_path(args), tasks_fd) as journal:
+        batch = _Batch(args, account, results, resumed, total, journal)
         try:
             batch.run(tasks_fd)
         finally:
             batch.print_summary()
     if batch.write_error is not None:
         raise cannot_write(batch.write_error)
+    if batch.journal_error is not None:
+        raise UsageError(f"--journal: {batch.journal_error}; the batch was stopped")
     return batch.tally.exit_status()
+
+
+@contextlib.contextmanager
+def _open_journal(path: str, tasks_fd: int) -> Iterator[SqliteJournal]:
+    """The batch's journal at `path`, closed after; `UsageError` (TASKS closed) if it cannot
+    be used."""
+    try:
+        journal = SqliteJournal(path)
+    except JournalError as exc:
+        os.close(tasks_fd)
+        raise UsageError(f"--journal: {exc}") from None
+    try:
+        yield journal
+    finally:
+        journal.close()
