@@ -36,7 +36,14 @@ from ._driver import GateWaker, MoveHook, drive_job, query_balance
 from ._errors import InvalidTaskError
 from ._job import Job, check_timeout, validate_task
 from .instrumentation import DEFAULT_HOOKS, Hook
-from .journal._base import AmbiguousCreate, JobRecorder, Journal, outcome_of, resume_plan
+from .journal._base import (
+    AMBIGUOUS_CREATE,
+    AmbiguousCreate,
+    JobRecorder,
+    Journal,
+    outcome_of,
+    resume_plan,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -209,7 +216,7 @@ class Engine:
         if plan.fail:
             job.fail_unsent(
                 now,
-                "AMBIGUOUS_CREATE",
+                AMBIGUOUS_CREATE,
                 "a createTask of an earlier run was in flight when it stopped; not sent again "
                 "(ambiguous creates fail)",
             )

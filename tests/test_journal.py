@@ -448,3 +448,49 @@ async def test_an_interrupt_lets_a_journalled_create_in_flight_finish(
         assert entry is not None and entry.stage is Stage.CREATED and entry.task_id == 11
     else:
         assert started[0].task_id is None
+
+
+@pytest.mark.anyio
+async def test_under_fail_a_job_failed_for_an_ambiguous_create_stays_failed(
+    journal: Journal,
+) -> None:
+    """`AmbiguousCreate.FAIL` means never paying twice: a rerun of a job it failed sends
+    nothing again (under RECREATE, the rerun creates it)."""
+    await journal.add("a", TASK)
+    await journal.sending("a")
+    api = Counting(ApiReply.json({"taskId": 1}))
+    for _run in range(2):
+        job = await _engine(api, journal, ambiguous=AmbiguousCreate.FAIL).run_recorded("a", TASK)
+        assert job.error is not None and job.error.name == "AMBIGUOUS_CREATE"
+    assert sum(api.calls.values()) == 0
+    job = await _engine(api, journal).run_recorded("a", TASK)
+    assert job.solution == {"text": "xyz"} and api.calls[Endpoint.CREATE_TASK] == 1
+
+
+@pytest.mark.anyio
+async def test_changes_made_at_once_all_land_and_an_error_stays_its_own(
+    journal: Journal,
+) -> None:
+    """Group commit: 100 jobs' changes made concurrently are each written, and one change
+    of a job never added fails alone, not the changes committed with it."""
+    for n in range(100):
+        await journal.add(f"j{n}", TASK)
+    failures: list[Exception] = []
+
+    async def one(n: int) -> None:
+        await journal.sending(f"j{n}")
+        await journal.created(f"j{n}", n)
+
+    async def stray() -> None:
+        try:
+            await journal.created("never-added", 0)
+        except JournalError as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for n in range(100):
+            group.start_soon(one, n)
+        group.start_soon(stray)
+    entries = await journal.unfinished()
+    assert [(e.stage, e.task_id) for e in entries] == [(Stage.CREATED, n) for n in range(100)]
+    assert len(failures) == 1

@@ -13,6 +13,7 @@ import typing
 from captchaflow import _lazy
 
 from ._base import (
+    AMBIGUOUS_CREATE,
     AmbiguousCreate,
     JobRecorder,
     Journal,
@@ -34,6 +35,7 @@ if typing.TYPE_CHECKING:
 __getattr__, __dir__ = _lazy.lazy_exports(__name__, globals(), {"SqliteJournal": "._sqlite"})
 
 __all__ = [
+    "AMBIGUOUS_CREATE",
     "AmbiguousCreate",
     "JobRecorder",
     "Journal",

@@ -39,6 +39,7 @@ from captchaflow.policies import Failure
 from captchaflow.transports import ApiRequest, Endpoint, JsonValue, TaskId
 
 __all__ = [
+    "AMBIGUOUS_CREATE",
     "AmbiguousCreate",
     "Journal",
     "JournalConflictError",
@@ -170,12 +171,20 @@ class Resume:
     """Fail the job at once without sending (an ambiguous create under `AmbiguousCreate.FAIL`)."""
 
 
+AMBIGUOUS_CREATE = "AMBIGUOUS_CREATE"
+"""The error name of a job failed under `AmbiguousCreate.FAIL`."""
+
+
 def resume_plan(entry: JournalEntry, ambiguous: AmbiguousCreate) -> Resume:
-    """How to run `entry` again: poll its task if it has one that may still be running, fail
-    or create again if its createTask is ambiguous (`ambiguous` decides), else create."""
+    """How to run `entry` again: poll its task if it has one that may still be running; if
+    its createTask is ambiguous (or it failed for that before), fail or create again as
+    `ambiguous` decides (so under `FAIL` a rerun never pays for it again); else create."""
     if entry.stage is Stage.CREATED and entry.task_id is not None:
         return Resume(entry, entry.task_id)
-    if entry.stage is Stage.SENDING and ambiguous is AmbiguousCreate.FAIL:
+    if ambiguous is AmbiguousCreate.FAIL and (
+        entry.stage is Stage.SENDING
+        or (entry.outcome is not None and entry.outcome.get("error") == AMBIGUOUS_CREATE)
+    ):
         return Resume(entry, None, fail=True)
     return Resume(entry, None)
 

@@ -7,7 +7,9 @@ power loss; the other changes are committed with `synchronous=NORMAL` (no fsync 
 own: they reach the disk with the next fsync or checkpoint), which a power loss may undo:
 then a createTask may be judged not sent although it was (the one case in which a job may
 be created twice). The calls run in one worker thread, so a slow disk never blocks the
-event loop; each costs one commit (see README, "Job journal", for measured costs).
+event loop, and the changes that arrive while a commit is under way go together in the
+next (group commit: one transaction, at most one fsync), so many jobs do not queue behind
+one fsync each (see README, "Job journal", for measured costs).
 
 Safety of the file. A new journal is built under a temporary name and renamed into place,
 so a file at the path is always a whole journal. An existing file is used only if it is a
@@ -19,6 +21,7 @@ newer format) raises `JournalCorruptError` or `JournalFormatError` and is left u
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -74,6 +77,8 @@ class SqliteJournal:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)
+        self._queue: list[_Change] = []
+        self._committing = False
         self._db: sqlite3.Connection | None = _connect(self.path)
 
     @classmethod
@@ -153,19 +158,30 @@ class SqliteJournal:
     async def _update(
         self, job_id: str, sql: str, parameters: tuple[object, ...], *, durable: bool = False
     ) -> None:
-        def update(db: sqlite3.Connection) -> None:
-            if durable:
-                db.execute("PRAGMA synchronous = FULL")
+        """Apply one change, committed with the others that queued meanwhile (group commit:
+        one transaction and at most one fsync for all of them)."""
+        change = _Change(job_id, sql, parameters, durable)
+        self._queue.append(change)
+        if self._committing:
+            await change.done.wait()
+        else:
+            self._committing = True
             try:
-                with db:
-                    changed = db.execute(sql, parameters).rowcount
+                # Shielded: the changes of other jobs ride on this commit.
+                with anyio.CancelScope(shield=True):
+                    while self._queue:
+                        batch, self._queue = self._queue, []
+                        try:
+                            await self._run(functools.partial(_commit, batch=batch))
+                        except JournalError as exc:
+                            for queued in batch:
+                                queued.error = exc
+                        for queued in batch:
+                            queued.done.set()
             finally:
-                if durable:
-                    db.execute("PRAGMA synchronous = NORMAL")
-            if changed != 1:
-                raise JournalError(f"job {job_id!r} is not in the journal (add it first)")
-
-        await self._run(update)
+                self._committing = False
+        if change.error is not None:
+            raise change.error
 
     @staticmethod
     def _add(db: sqlite3.Connection, job_id: str, task: Mapping[str, JsonValue]) -> JournalEntry:
@@ -181,6 +197,35 @@ class SqliteJournal:
                 (job_id, canonical_json(task), entry.stage.value, entry.creates),
             )
         return entry
+
+
+class _Change:
+    """One queued change of a job's row, and how it went."""
+
+    __slots__ = ("done", "durable", "error", "job_id", "parameters", "sql")
+
+    def __init__(self, job_id: str, sql: str, parameters: tuple[object, ...], durable: bool):
+        self.job_id, self.sql, self.parameters, self.durable = job_id, sql, parameters, durable
+        self.done = anyio.Event()
+        self.error: JournalError | None = None
+
+
+def _commit(db: sqlite3.Connection, *, batch: list[_Change]) -> None:
+    """Apply `batch` in one transaction, fsynced if any change must be durable; a change of
+    a job that is not in the journal gets its error and changes nothing."""
+    durable = any(change.durable for change in batch)
+    if durable:
+        db.execute("PRAGMA synchronous = FULL")
+    try:
+        with db:
+            for change in batch:
+                if db.execute(change.sql, change.parameters).rowcount != 1:
+                    change.error = JournalError(
+                        f"job {change.job_id!r} is not in the journal (add it first)"
+                    )
+    finally:
+        if durable:
+            db.execute("PRAGMA synchronous = NORMAL")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
