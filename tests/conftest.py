@@ -26,7 +26,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # DEBUG, which costs a millisecond a move and says nothing our own records do not.
 logging.getLogger("transitions").setLevel(logging.WARNING)
 
-pytest_plugins = ["secret_scan", "pytester"]
+pytest_plugins = ["secret_scan", "pytester", "redis_server"]
 
 SECRET_KEY = "sk-test-7f3c9a1e-DO-NOT-LEAK"
 """The API key most tests use; `secret_scan` fails any test whose output shows it."""
