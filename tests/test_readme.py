@@ -35,6 +35,7 @@ def test_readme_example(skip: bool, code: str) -> None:
 REFERENCE_PACKAGES = (
     "captchaflow.engine",
     "captchaflow.engine.instrumentation",
+    "captchaflow.engine.journal",
     "captchaflow.policies",
     "captchaflow.transports",
     "captchaflow.transports.sim",
@@ -87,10 +88,14 @@ SIM_KEY = "sk-readme-example-key"
 @pytest.mark.parametrize(
     "code", SIMULATED_BLOCKS, ids=[f"sim{i}" for i in range(len(SIMULATED_BLOCKS))]
 )
-def test_readme_example_against_the_simulator(code: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_example_against_the_simulator(
+    code: str, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
     """Each example written for the real API runs unchanged against the simulated service
     over HTTP: the engine's default base URL is pointed at it for the test, and the names the
-    examples use are given (a real key's account, an image, a few tasks)."""
+    examples use are given (a real key's account, an image, a few tasks); files it writes go
+    to a directory of its own."""
+    monkeypatch.chdir(tmp_path)
     from captchaflow.engine._engine import Engine
     from captchaflow.transports.sim import (
         AccountSpec,
