@@ -9,6 +9,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Hashable,
     Iterable,
     Iterator,
     Mapping,
@@ -324,6 +325,11 @@ class Engine:
             waker=self._waker,
             recorder=recorder,
         )
+
+    def wake(self, jobs: Iterable[Hashable]) -> None:
+        """Re-run at once those of `jobs` this engine's driver has waiting: for a gate
+        changed from outside the jobs (a sync task), pass it the gate's `wakeups()`."""
+        self._waker.wake(jobs)
 
     async def aclose(self) -> None:
         """Close the transport if the engine created it."""

@@ -96,7 +96,7 @@ def test_unknown_option_is_named_and_its_value_hidden() -> None:
 def test_invalid_command_lists_the_commands() -> None:
     """An unknown command is answered with the valid ones."""
     run = run_command(KEY)
-    commands = "solve, batch, balance, demo, serve-sim, diagram, fsm"
+    commands = "solve, batch, balance, demo, serve-sim, worker, diagram, fsm"
     assert_failed(run, 2, f"invalid choice (choose from {commands})")
 
 

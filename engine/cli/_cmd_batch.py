@@ -95,6 +95,16 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
         "died, its reply lost (the task may exist and be billed): create it again "
         "(recreate, the default) or record it as failed, AMBIGUOUS_CREATE (fail)",
     )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="queue the tasks on this Redis for `captchaflow worker`s to solve, and collect "
+        "their results (the workers' own options set the account's URL and deadline)",
+    )
+    parser.add_argument(
+        "--namespace", default="captchaflow", help="with --redis: the keys' prefix (captchaflow)"
+    )
+    parser.add_argument("--queue", default="default", help="with --redis: the queue (default)")
     _add_account_options(parser, timeout_is="each task's deadline")
     return parser
 
@@ -114,7 +124,7 @@ class _Batch:
         results: ResultsFile,
         resumed: Resumed,
         total: int | None,
-        journal: Journal,
+        journal: Journal | None,
     ) -> None:
         """A batch as `args` say, on `account` (key, base URL), appending to `results`,
         skipping the tasks `resumed` says are solved, recording each job in `journal`;
@@ -248,6 +258,16 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         os.close(tasks_fd)
         raise
+    if args.redis:
+        with results:
+            batch = _redis_batch(args, account, results, resumed, total)
+            try:
+                batch.run(tasks_fd)
+            finally:
+                batch.print_summary()
+        if batch.write_error is not None:
+            raise cannot_write(batch.write_error)
+        return batch.tally.exit_status()
     with results, _open_journal(journal_path(args), tasks_fd) as journal:
         batch = _Batch(args, account, results, resumed, total, journal)
         try:
@@ -259,6 +279,23 @@ def run(args: argparse.Namespace) -> int:
     if batch.journal_error is not None:
         raise UsageError(f"--journal: {batch.journal_error}; the batch was stopped")
     return batch.tally.exit_status()
+
+
+def _redis_batch(
+    args: argparse.Namespace,
+    account: tuple[ApiKey, str],
+    results: ResultsFile,
+    resumed: Resumed,
+    total: int | None,
+) -> _Batch:
+    """The batch that queues its tasks on `--redis` (`UsageError` without the extra)."""
+    try:
+        from ._batch_redis import RedisBatch
+    except ImportError as exc:
+        raise UsageError(
+            f"--redis needs the redis extra (pip install 'captchaflow[redis]'): {exc}"
+        ) from None
+    return RedisBatch(args, account, results, resumed, total, journal=None)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from . import (
     _cmd_fsm,
     _cmd_serve_sim,
     _cmd_solve,
+    _cmd_worker,
 )
 from ._args import _Commands, _Parser, _Version
 from ._inputs import KEY_ENV
@@ -37,6 +38,7 @@ COMMANDS: tuple[Command, ...] = (
     _cmd_balance,
     _cmd_demo,
     _cmd_serve_sim,
+    _cmd_worker,
     _cmd_diagram,
     _cmd_fsm,
 )

@@ -1,0 +1,114 @@
+"""`captchaflow worker`: run jobs from a Redis work queue, sharing the account's limits,
+journal and queue with every other worker on the same Redis (the `redis` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import anyio
+
+from captchaflow.engine._job import Job
+from captchaflow.transports import JsonValue
+
+from ._account import _account, _add_account_options
+from ._args import UsageError, _Commands, _task_count
+from ._batch_io import result_of
+
+DEFAULT_WORKER_CONCURRENCY = 50
+
+
+def register(commands: _Commands) -> argparse.ArgumentParser:
+    """Add `worker` and its options to `commands`; return its parser."""
+    parser = commands.add_parser(
+        "worker",
+        help="run tasks from a Redis queue, sharing one account with other workers",
+        description="Take tasks from the Redis work queue (filled by `captchaflow batch "
+        "--redis`) and solve them, at most N at a time, on one account shared with every "
+        "worker on the same Redis: one rate, one set of task slots, one pause, one journal. "
+        "A worker's jobs outlive it: killed, its tasks are taken over by the others after "
+        "--idle-takeover seconds and resumed from the journal, never created twice.",
+        epilog="exit status: 130 stopped by a signal (its tasks stay in the queue, to be "
+        "resumed); 2 usage (no redis extra, a bad URL); 1 a bug",
+    )
+    parser.add_argument("--redis", required=True, metavar="URL", help="redis://host:port/db")
+    parser.add_argument(
+        "--concurrency",
+        type=_task_count,
+        default=DEFAULT_WORKER_CONCURRENCY,
+        metavar="N",
+        help=f"tasks in flight at most ({DEFAULT_WORKER_CONCURRENCY})",
+    )
+    parser.add_argument("--name", help="this worker's name in the queue (default: host-pid)")
+    parser.add_argument(
+        "--namespace", default="captchaflow", help="prefix of every Redis key (captchaflow)"
+    )
+    parser.add_argument("--queue", default="default", help="the queue's name (default)")
+    parser.add_argument(
+        "--idle-takeover",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="take over a task another worker left untouched this long (30)",
+    )
+    _add_account_options(parser, timeout_is="each task's deadline")
+    return parser
+
+
+def batch_record(job_id: str, job: Job) -> dict[str, JsonValue]:
+    """What a worker publishes for a finished job of `batch --redis` (whose job ids are
+    `PREFIX/ID-JSON`): the batch's result line, its state, the requests the job took, and
+    its error (name, class, code, message) for the batch's summary and exit status."""
+    _prefix, _, ident = job_id.partition("/")
+    try:
+        original = json.loads(ident)
+    except ValueError:
+        original = ident
+    if not isinstance(original, str | int) or isinstance(original, bool):
+        original = ident
+    result = result_of(original, job)
+    record: dict[str, JsonValue] = {
+        "line": result.line.decode(),
+        "state": result.state,
+        "requests": job.requests_sent,
+    }
+    if result.error is not None:
+        record["error_name"] = result.error.name
+        record["error_class"] = type(result.error).__name__
+        record["error_code"] = result.error.code
+        record["error_message"] = result.error.message
+    return record
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a worker until a signal stops it."""
+    key, base_url = _account(args)
+    try:
+        from captchaflow.engine.distributed import Worker, shared_engine
+    except ImportError as exc:
+        raise UsageError(
+            f"worker needs the redis extra (pip install 'captchaflow[redis]'): {exc}"
+        ) from None
+
+    async def main() -> None:
+        async with shared_engine(
+            args.redis,
+            key,
+            namespace=args.namespace,
+            run=args.queue,
+            worker=args.name,
+            base_url=base_url,
+            timeout=args.timeout,
+            idle_takeover=args.idle_takeover,
+        ) as runtime:
+            worker = Worker(
+                runtime.engine,
+                runtime.queue,
+                consumer=runtime.worker,
+                concurrency=args.concurrency,
+                record=batch_record,
+            )
+            await worker.run()
+
+    anyio.run(main, backend="asyncio")
+    return 0

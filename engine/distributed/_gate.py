@@ -1,0 +1,274 @@
+"""`SharedGate`: one worker's account gate when many workers share an account through Redis.
+
+Theory of operation. Each worker keeps its own `FleetGate` (its local signals: pauses on
+the API's word, the failure-rate breaker, the circuit, its own pacing) and adds what the
+account's other workers know, from a local view: `SharedView`. The gate never does I/O; a
+background task (`AccountSync`) keeps the view in step with the shared state in Redis and
+carries this worker's news the other way. So decisions stay sans-IO and fast, and Redis is
+asked once per sync, not once per request.
+
+What the view holds, and how it binds the worker:
+
+- a pause published by any worker (`paused_until`, in this worker's clock): every request
+  waits for its end; an open circuit (`circuit_until`: a permanent account error met by
+  some worker) fails every new task at once, as the local circuit does. Either reaches the
+  other workers at their next sync: within one sync period plus a round trip.
+- task slots: a createTask needs a slot leased from the account's shared count (granted in
+  small leases, never beyond the learned limit across all workers); the slot is the job's
+  until it finishes; slots left over go back.
+- request tokens: once the account has a learned rate, every request needs a token leased
+  from the shared bucket; a worker spends at most what it leased.
+
+When Redis cannot be reached (the view is older than `stale_after`), the worker keeps its
+jobs: requests for tasks that exist (polls) go without tokens, paced by the local gate, and
+createTasks wait for slots (no new tasks until Redis is back).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+
+import attrs
+
+from captchaflow.policies import (
+    Admit,
+    FleetGate,
+    GateDecision,
+    Hold,
+    Refuse,
+)
+from captchaflow.policies._failure import Bucket, Failure
+from captchaflow.transports import Endpoint, ErrorCode
+
+__all__ = ["SharedEvent", "SharedGate", "SharedView"]
+
+_CREATE = Endpoint.CREATE_TASK
+
+
+@attrs.define
+class SharedView:
+    """The account's shared state as this worker last saw it, in the engine clock's time,
+    and the leases in hand."""
+
+    paused_until: float = -math.inf
+    pause_reason: str = ""
+    circuit_until: float = -math.inf
+    circuit_reason: str = ""
+    slot_limited: bool = False
+    """The account's slots are bounded (learned): createTasks need leased slots. Until then
+    they need slots too (so the shared count knows every live task), granted freely."""
+    paced: bool = False
+    """The account has a learned rate: every request needs a leased token."""
+    slots: int = 0
+    """Slots leased to this worker and not taken by a job."""
+    tokens: int = 0
+    """Request tokens leased to this worker and not spent."""
+    synced_at: float | None = None
+    """When the view was last brought in step with Redis (None: never)."""
+
+    def stale(self, now: float, stale_after: float) -> bool:
+        """True when the view is older than `stale_after` seconds (or was never synced)."""
+        return self.synced_at is None or now - self.synced_at > stale_after
+
+
+@attrs.frozen
+class SharedEvent:
+    """News for the other workers, which the sync task publishes: `kind` is `pause`,
+    `circuit`, `slot_refused`, `slot_accepted`, `rate_limited` or `accepted`; `until` the
+    end of a pause or circuit, `sent_at` when the refused request left (engine time)."""
+
+    kind: str
+    at: float
+    until: float = 0.0
+    reason: str = ""
+    sent_at: float = 0.0
+
+
+@attrs.define(kw_only=True)
+class SharedGate:
+    """An `AccountGate` for one worker of many on an account: the local `FleetGate`'s
+    decisions, bound by the shared `view` (pauses, circuit, leased slots and tokens). The
+    sync task reads `wanted_slots`/`wanted_tokens`, drains `events`, returns `spare_slots()`
+    and calls `leased(...)` / `synced(...)`; see the module docstring."""
+
+    local: FleetGate = attrs.field(factory=FleetGate)
+    view: SharedView = attrs.field(factory=SharedView)
+    stale_after: float = 2.0
+    """Seconds without a sync after which the view counts as stale (Redis unreachable)."""
+    circuit_seconds: float = 300.0
+    """How long a circuit this worker opens refuses new tasks on the other workers."""
+    events: list[SharedEvent] = attrs.field(factory=list)
+    slot_holders: dict[Hashable, None] = attrs.field(factory=dict)
+    """Jobs holding a shared slot (from admission of their createTask to their end)."""
+    waiting_slot: dict[Hashable, None] = attrs.field(factory=dict)
+    waiting_token: dict[Hashable, None] = attrs.field(factory=dict)
+    _wake: list[Hashable] = attrs.field(factory=list, alias="_wake")
+    _accepted: int = attrs.field(default=0, alias="_accepted")
+
+    # -- what the sync task reads and feeds ------------------------------------------------
+
+    @property
+    def wanted_slots(self) -> int:
+        """Slots jobs are waiting for beyond those in hand."""
+        return max(0, len(self.waiting_slot) - self.view.slots)
+
+    @property
+    def wanted_tokens(self) -> int:
+        """Tokens jobs are waiting for beyond those in hand."""
+        return max(0, len(self.waiting_token) - self.view.tokens)
+
+    def take_accepted(self) -> int:
+        """Requests the service answered since the last call (for the shared measurement)."""
+        accepted, self._accepted = self._accepted, 0
+        return accepted
+
+    def spare_slots(self, keep: int) -> int:
+        """Give back the slots in hand beyond `keep` plus those waited for; return how many
+        (the sync task releases them in Redis)."""
+        spare = max(0, self.view.slots - keep - len(self.waiting_slot))
+        self.view.slots -= spare
+        return spare
+
+    def leased(self, *, slots: int = 0, tokens: int = 0) -> None:
+        """Slots and tokens the sync task leased for this worker: wake who waited."""
+        self.view.slots += slots
+        self.view.tokens += tokens
+        if slots:
+            self._wake.extend(self.waiting_slot)
+        if tokens:
+            self._wake.extend(self.waiting_token)
+
+    def synced(
+        self,
+        now: float,
+        *,
+        paused_until: float,
+        pause_reason: str,
+        circuit_until: float,
+        circuit_reason: str,
+        slot_limited: bool,
+        paced: bool,
+    ) -> None:
+        """The shared state as just read (times in this worker's clock): adopt it, and wake
+        every job when a pause or circuit changed or pacing started."""
+        view = self.view
+        changed = (
+            paused_until > view.paused_until
+            or circuit_until != view.circuit_until
+            or paced != view.paced
+        )
+        view.paused_until, view.pause_reason = max(paused_until, view.paused_until), pause_reason
+        view.circuit_until, view.circuit_reason = circuit_until, circuit_reason
+        view.slot_limited, view.paced = slot_limited, paced
+        if not paced:
+            view.tokens = 0  # pacing ended: tokens are not needed
+        view.synced_at = now
+        if changed:
+            self._wake.extend(self.local.live)
+
+    # -- the AccountGate protocol ----------------------------------------------------------
+
+    def register(self, job: Hashable, now: float) -> None:
+        self.local.register(job, now)
+
+    def standing(self, job: Hashable, endpoint: Endpoint, now: float) -> Refuse | Hold | None:
+        held = self._shared_hold(endpoint, now)
+        return held if held is not None else self.local.standing(job, endpoint, now)
+
+    def admit(self, job: Hashable, endpoint: Endpoint, *, retry: bool, now: float) -> GateDecision:
+        held = self._shared_hold(endpoint, now)
+        if held is not None:
+            return held
+        view = self.view
+        stale = view.stale(now, self.stale_after)
+        if endpoint is _CREATE and job not in self.slot_holders and view.slots <= 0:
+            self.waiting_slot[job] = None
+            reason = "Redis unreachable: no new tasks" if stale else "waiting for a slot"
+            return Hold(None, f"{reason} (shared account)")
+        needs_token = view.paced and not (stale and endpoint is not _CREATE)
+        if needs_token and view.tokens <= 0:
+            self.waiting_token[job] = None
+            return Hold(None, "paced to the shared account's rate")
+        decision = self.local.admit(job, endpoint, retry=retry, now=now)
+        if not isinstance(decision, Admit):
+            return decision
+        if endpoint is _CREATE and job not in self.slot_holders:
+            view.slots -= 1
+            self.slot_holders[job] = None
+            self.waiting_slot.pop(job, None)
+        if needs_token:
+            view.tokens -= 1
+            self.waiting_token.pop(job, None)
+        return decision
+
+    def observe(
+        self,
+        job: Hashable,
+        endpoint: Endpoint,
+        failure: Failure | None,
+        *,
+        sent_at: float,
+        now: float,
+    ) -> None:
+        local = self.local
+        pause_before = local.pause.until if local.pause is not None else -math.inf
+        circuit_before = local.circuit is not None and local.circuit.is_open
+        local.observe(job, endpoint, failure, sent_at=sent_at, now=now)
+        if failure is None or failure.code is not None:  # the API answered: it took it
+            self._accepted += 1
+        if local.pause is not None and local.pause.until > pause_before:
+            reason = failure.name if failure is not None else "paused"
+            self.events.append(SharedEvent("pause", now, until=local.pause.until, reason=reason))
+        if local.circuit is not None and local.circuit.is_open and not circuit_before:
+            reason = failure.name if failure is not None else "circuit open"
+            until = now + self.circuit_seconds
+            self.events.append(SharedEvent("circuit", now, until=until, reason=reason))
+        if failure is not None and failure.code == ErrorCode.RATE_LIMITED:
+            self.events.append(SharedEvent("rate_limited", now, sent_at=sent_at))
+        if endpoint is not _CREATE:
+            return
+        if failure is None:
+            self.events.append(SharedEvent("slot_accepted", now))
+            return
+        if failure.code == ErrorCode.NO_SLOT_AVAILABLE:
+            self.events.append(SharedEvent("slot_refused", now, sent_at=sent_at))
+        if not failure.may_have_billed:
+            self._give_back_slot(job)  # no task: the slot is free (it may be taken again)
+
+    def release(self, job: Hashable, now: float) -> None:
+        self.local.release(job, now)
+        self._give_back_slot(job)
+        self.waiting_slot.pop(job, None)
+        self.waiting_token.pop(job, None)
+
+    def wakeups(self) -> list[Hashable]:
+        woken = self.local.wakeups()
+        if self._wake:
+            woken = list(dict.fromkeys([*woken, *self._wake]))
+            self._wake.clear()
+        return woken
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _shared_hold(self, endpoint: Endpoint, now: float) -> Refuse | Hold | None:
+        view = self.view
+        if endpoint is _CREATE and now < view.circuit_until:
+            failure = Failure(
+                Bucket.PERMANENT,
+                view.circuit_reason or "ACCOUNT_CIRCUIT_OPEN",
+                "another worker of the account met a permanent account error",
+                endpoint,
+            )
+            return Refuse(failure, "account circuit open (shared): no new tasks")
+        if now < view.paused_until:
+            return Hold(view.paused_until, f"account paused (shared): {view.pause_reason}")
+        return None
+
+    def _give_back_slot(self, job: Hashable) -> None:
+        if job not in self.slot_holders:
+            return
+        del self.slot_holders[job]
+        self.view.slots += 1
+        if self.waiting_slot:
+            self._wake.extend(self.waiting_slot)

@@ -1,0 +1,130 @@
+"""`SharedGate`, sans-IO: a worker's local gate bound by the shared view (pauses, circuit,
+leased slots and tokens), and the news it queues for the other workers."""
+
+from __future__ import annotations
+
+import math
+
+from captchaflow.engine import Simulation
+from captchaflow.engine.distributed._gate import SharedGate
+from captchaflow.policies import Admit, Bucket, Failure, FleetGate, Hold, Refuse
+from captchaflow.transports import Endpoint, ErrorCode
+from captchaflow.transports.sim import AccountSpec, Scenario, SimulatedAPI
+
+CREATE, POLL = Endpoint.CREATE_TASK, Endpoint.GET_TASK_RESULT
+
+
+def synced(gate: SharedGate, now: float = 0.0, **changes: object) -> SharedGate:
+    state: dict[str, object] = {
+        "paused_until": -math.inf,
+        "pause_reason": "",
+        "circuit_until": -math.inf,
+        "circuit_reason": "",
+        "slot_limited": False,
+        "paced": False,
+    }
+    state.update(changes)
+    gate.synced(now, **state)  # type: ignore[arg-type]
+    return gate
+
+
+def failure(
+    code: ErrorCode, endpoint: Endpoint = CREATE, bucket: Bucket = Bucket.RETRYABLE
+) -> Failure:
+    return Failure(bucket, code.name, "", endpoint, code=int(code))
+
+
+def test_a_create_waits_for_a_leased_slot_and_keeps_it_until_the_job_ends() -> None:
+    gate = synced(SharedGate())
+    gate.register("a", 0)
+    held = gate.admit("a", CREATE, retry=False, now=0)
+    assert isinstance(held, Hold) and held.until is None and gate.wanted_slots == 1
+    gate.leased(slots=1)
+    assert gate.wakeups() == ["a"]
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
+    assert gate.view.slots == 0 and gate.wanted_slots == 0
+    gate.observe("a", CREATE, None, sent_at=0, now=0.1)
+    assert isinstance(gate.admit("a", POLL, retry=False, now=1), Admit)  # polls need none
+    gate.release("a", 2)
+    assert gate.view.slots == 1  # back in hand, for the next job or to give back
+    assert gate.spare_slots(keep=0) == 1 and gate.view.slots == 0
+
+
+def test_a_create_that_created_nothing_gives_its_slot_back() -> None:
+    gate = synced(SharedGate())
+    gate.register("a", 0)
+    gate.leased(slots=1)
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
+    gate.observe("a", CREATE, failure(ErrorCode.NO_SLOT_AVAILABLE), sent_at=0, now=0.1)
+    assert gate.view.slots == 1
+    assert [event.kind for event in gate.events] == ["slot_refused"]
+
+
+def test_a_shared_pause_holds_every_request_until_its_end() -> None:
+    gate = synced(SharedGate(), paused_until=30.0, pause_reason="RATE_LIMITED")
+    gate.leased(slots=1)
+    for endpoint in (CREATE, POLL):
+        held = gate.admit("a", endpoint, retry=False, now=10)
+        assert isinstance(held, Hold) and held.until == 30.0 and "RATE_LIMITED" in held.reason
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=30), Admit)
+
+
+def test_a_shared_circuit_refuses_new_tasks_and_lets_polls_go() -> None:
+    gate = synced(SharedGate(), circuit_until=100.0, circuit_reason="ZERO_BALANCE")
+    gate.leased(slots=1)
+    refused = gate.admit("a", CREATE, retry=False, now=1)
+    assert isinstance(refused, Refuse) and refused.failure.name == "ZERO_BALANCE"
+    assert refused.failure.bucket is Bucket.PERMANENT
+    assert isinstance(gate.admit("b", POLL, retry=False, now=1), Admit)
+
+
+def test_paced_requests_spend_leased_tokens_and_stale_polls_go_without() -> None:
+    gate = synced(SharedGate(stale_after=2.0), paced=True)
+    held = gate.admit("a", POLL, retry=False, now=0.5)
+    assert isinstance(held, Hold) and gate.wanted_tokens == 1
+    gate.leased(tokens=1)
+    assert isinstance(gate.admit("a", POLL, retry=False, now=0.6), Admit)
+    assert gate.view.tokens == 0
+    # Redis away (no sync for more than stale_after): polls go, paced by the local gate only;
+    # new tasks wait.
+    assert isinstance(gate.admit("a", POLL, retry=False, now=5), Admit)
+    held = gate.admit("b", CREATE, retry=False, now=5)
+    assert isinstance(held, Hold) and "Redis unreachable" in held.reason
+
+
+def test_account_wide_signals_become_news_for_the_other_workers() -> None:
+    gate = synced(SharedGate())
+    gate.register("a", 0)
+    hinted = Failure(
+        Bucket.RETRYABLE, "RATE_LIMITED", "", POLL, code=int(ErrorCode.RATE_LIMITED), retry_after=20
+    )
+    gate.observe("a", POLL, hinted, sent_at=1, now=1.5)
+    kinds = [event.kind for event in gate.events]
+    assert kinds == ["pause", "rate_limited"]
+    assert gate.events[0].until == 21.5 and gate.events[1].sent_at == 1
+    gate.events.clear()
+    zero = failure(ErrorCode.ZERO_BALANCE, bucket=Bucket.PERMANENT)
+    gate.observe("a", CREATE, zero, sent_at=2, now=2.1)
+    assert [event.kind for event in gate.events] == ["circuit"]
+    assert gate.events[0].until == 2.1 + gate.circuit_seconds
+
+
+def test_noise_is_not_news() -> None:
+    gate = synced(SharedGate())
+    noise = Failure(Bucket.TRANSIENT_HTTP, "HTTP_502", "", POLL, http_status=502)
+    gate.observe("a", POLL, noise, sent_at=0, now=0.1)
+    assert gate.events == [] and gate.take_accepted() == 0
+    gate.observe("a", POLL, None, sent_at=0, now=0.2)
+    assert gate.take_accepted() == 1 and gate.take_accepted() == 0
+
+
+def test_a_simulation_whose_view_never_gets_a_lease_ends() -> None:
+    """Progress: with Redis never reached, no slot is ever leased, and every job ends at its
+    deadline (no spin, no hang), having sent nothing."""
+    api = SimulatedAPI(Scenario(accounts=(AccountSpec(key="k" * 12),)), keep_log=False)
+    simulation = Simulation(api, key="k" * 12, gate=SharedGate(local=FleetGate()), timeout=30)
+    for n in range(20):
+        simulation.submit({"type": "ImageToTextTask", "body": "aGk="}, at=n * 0.1)
+    report = simulation.run()
+    assert report.states() == {"failed": 20}
+    assert sum(api.stats.requests.values()) == 0
