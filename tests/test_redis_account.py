@@ -84,7 +84,9 @@ async def snapshot(account: SharedAccount) -> tuple[int, float | None, int, floa
 
 
 async def set_slot_limit(account: SharedAccount, limit: int) -> None:
-    """Teach the account a limit of `limit` slots the way the service would."""
+    """Teach the account a limit of `limit` slots the way the service would (the slow start
+    grown past it by accepted tasks first)."""
+    await account.slot_accepted(limit)
     assert await account.acquire_slots(limit) == limit
     state = await account.slot_refused(sent_at=(await account.state()).server_time)
     assert state.slot_limit == limit
@@ -168,7 +170,8 @@ async def test_the_circuit_opens_extends_and_closes(redis_url: str, redis_namesp
 async def test_slots_are_unbounded_until_the_service_refuses(
     redis_url: str, redis_namespace: str
 ) -> None:
-    async with fleet(redis_url, redis_namespace, 2, cooldown=0.2) as [a, b]:
+    # slot_increase 5 on a limit of 10: 0.5 a task (the increase is per round of `limit`).
+    async with fleet(redis_url, redis_namespace, 2, cooldown=0.2, slot_increase=5.0) as [a, b]:
         assert await a.acquire_slots(7) == 7
         assert await b.acquire_slots(3) == 3
         state = await b.slot_refused(sent_at=(await b.state()).server_time)
@@ -177,8 +180,10 @@ async def test_slots_are_unbounded_until_the_service_refuses(
         assert await a.acquire_slots(1) == 0  # full
         assert (await a.slot_accepted()).slot_limit == 10.5
         assert await a.acquire_slots(1) == 0  # floor(10.5) == 10
-        assert (await b.slot_accepted()).slot_limit == 11
-        assert await a.acquire_slots(5) == 1  # never beyond the limit
+        assert (await b.slot_accepted()).slot_limit == pytest.approx(10.5 + 5 / 10.5)
+        assert await a.acquire_slots(5) == 0  # floor(10.98) == 10: never beyond the limit
+        assert (await b.slot_accepted()).slot_limit >= 11
+        assert await a.acquire_slots(5) == 1
         assert await b.release_slots(2) == 2
         assert await a.acquire_slots(5) == 2
         state = await a.state()
@@ -189,12 +194,12 @@ async def test_slots_are_unbounded_until_the_service_refuses(
 async def test_the_slot_limit_decreases_once_per_round(
     redis_url: str, redis_namespace: str
 ) -> None:
-    async with fleet(redis_url, redis_namespace, cooldown=0.4) as [account]:
+    async with fleet(redis_url, redis_namespace, cooldown=0.4, slot_increase=0.5) as [account]:
         first = await account.slot_refused(sent_at=0.0)  # in use: none; the limit is 1 at least
         assert first.slot_limit == 1
         learned_at = await field(account, "slot_decreased_at")
         assert learned_at == pytest.approx(first.server_time)
-        await account.slot_accepted(39)  # 1 + 39 * 0.5 == 20.5
+        await account.slot_accepted(39)  # 1 + 39 * 0.5 / 1 == 20.5 (one batch, at limit 1)
         assert await account.acquire_slots(30) == 20
         # Sent before the limit was learned: says nothing about it since.
         same = await account.slot_refused(sent_at=first.server_time - 0.01)
@@ -609,3 +614,16 @@ async def test_a_silent_redis_is_bounded_by_the_call_timeout() -> None:
             with pytest.raises(AccountStateUnavailable):
                 await account.state()
             assert time.monotonic() - started < 1.0
+
+
+async def test_before_any_refusal_slots_grow_by_slow_start(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """Until the service refuses a slot, all workers together hold at most `slot_start`
+    slots plus one per accepted createTask (doubling per round, as TCP's slow start)."""
+    async with fleet(redis_url, redis_namespace, 2) as [a, b]:
+        assert await a.acquire_slots(100) == 16
+        assert await b.acquire_slots(1) == 0
+        await a.slot_accepted(16)
+        assert await b.acquire_slots(100) == 16
+        assert (await b.state()).slot_limit is None

@@ -55,9 +55,22 @@ def test_a_create_that_created_nothing_gives_its_slot_back() -> None:
     gate.register("a", 0)
     gate.leased(slots=1)
     assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
+    zero = failure(ErrorCode.ZERO_BALANCE, bucket=Bucket.PERMANENT)
+    gate.observe("a", CREATE, zero, sent_at=0, now=0.1)
+    assert gate.view.slots == 1 and gate.refused_slots == 0
+
+
+def test_a_slot_the_service_refused_goes_back_to_the_account_not_to_the_next_job() -> None:
+    """NO_SLOT_AVAILABLE says the leased slot is not there: the next job here must not take
+    it (it would be refused too); the sync gives it back to the account."""
+    gate = synced(SharedGate())
+    gate.register("a", 0)
+    gate.leased(slots=1)
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
     gate.observe("a", CREATE, failure(ErrorCode.NO_SLOT_AVAILABLE), sent_at=0, now=0.1)
-    assert gate.view.slots == 1
+    assert gate.view.slots == 0 and gate.refused_slots == 1
     assert [event.kind for event in gate.events] == ["slot_refused"]
+    assert gate.spare_slots(keep=0) == 1 and gate.refused_slots == 0
 
 
 def test_a_shared_pause_holds_every_request_until_its_end() -> None:

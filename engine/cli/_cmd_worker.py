@@ -51,6 +51,12 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
         metavar="S",
         help="take over a task another worker left untouched this long (30)",
     )
+    parser.add_argument(
+        "--local-gate",
+        action="store_true",
+        help="share nothing of the account with the other workers: this worker learns the "
+        "account's limits on its own, as if it were alone (for comparison)",
+    )
     _add_account_options(parser, timeout_is="each task's deadline")
     return parser
 
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             base_url=base_url,
             timeout=args.timeout,
             idle_takeover=args.idle_takeover,
+            share_account=not args.local_gate,
         ) as runtime:
             worker = Worker(
                 runtime.engine,

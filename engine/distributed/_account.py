@@ -294,20 +294,18 @@ return snapshot('')
 """
 )
 
-# Grants min(ARGV[4], floor(slot_limit) - in_use) slots (all of them with no limit) to the
-# worker's lease, after reclaiming the dead's; marks the worker alive. So in_use never goes
-# above floor(slot_limit) by a grant, and in_use == sum(leases) always.
+# Grants min(ARGV[4], floor(slot_limit) - in_use) slots to the worker's lease, after
+# reclaiming the dead's; marks the worker alive. Before a limit is learned the bound is the
+# slow start (ARGV[5] at first, one more per accepted task). So in_use never goes above the
+# bound by a grant, and in_use == sum(leases) always.
 ACQUIRE_SLOTS_LUA: Final = (
     _PRELUDE
     + """
 local want = math.max(0, tonumber(ARGV[4]))
 reclaim()
 alive()
-local limit = get('slot_limit')
-local granted = want
-if limit then
-  granted = math.max(0, math.min(want, math.floor(limit) - (get('in_use') or 0)))
-end
+local limit = get('slot_limit') or get('slow_start') or tonumber(ARGV[5])
+local granted = math.max(0, math.min(want, math.floor(limit) - (get('in_use') or 0)))
 if granted > 0 then
   redis.call('HINCRBY', leases_key, worker, granted)
   redis.call('HINCRBY', state_key, 'in_use', granted)
@@ -365,23 +363,28 @@ return snapshot('')
 """
 )
 
-# ARGV[4] createTasks accepted: slot_limit += ARGV[4] * ARGV[5], at most ARGV[6] (no
-# change while no limit is known).
+# ARGV[4] createTasks accepted: slot_limit += ARGV[4] * ARGV[5] / slot_limit, at most
+# ARGV[6]: ARGV[5] slots per round of slot_limit accepted tasks, TCP's congestion
+# avoidance. Before a limit is learned, the slow start (from ARGV[7]) grows by ARGV[4].
 SLOT_ACCEPTED_LUA: Final = (
     _PRELUDE
     + """
 local limit = get('slot_limit')
 if limit then
-  put('slot_limit', math.min(tonumber(ARGV[6]), limit + tonumber(ARGV[4]) * tonumber(ARGV[5])))
-  touch()
+  local grown = limit + tonumber(ARGV[4]) * tonumber(ARGV[5]) / limit
+  put('slot_limit', math.min(tonumber(ARGV[6]), grown))
+else
+  local start = get('slow_start') or tonumber(ARGV[7])
+  put('slow_start', math.min(tonumber(ARGV[6]), start + tonumber(ARGV[4])))
 end
+touch()
 return snapshot('')
 """
 )
 
 # A token bucket at `rate` (ARGV[5] window, ARGV[6] increase, ARGV[7] headroom): grants
 # min(ARGV[4], floor(tokens)) tokens, the bucket refilling at `rate` by Redis time up to
-# max(1, rate * window); everything while no rate is known, nothing while paused. While
+# max(1, rate * ARGV[8]); everything while no rate is known, nothing while paused. While
 # requests want more than the bucket holds, the rate grows by `increase` (a fraction) once
 # per window, up to `headroom` times the ceiling, and the ceiling by increase / 100 (as
 # AdaptiveRate does: an idle account never drifts to an untried rate).
@@ -390,6 +393,7 @@ ACQUIRE_RATE_LUA: Final = (
     + """
 local want = math.max(0, tonumber(ARGV[4]))
 local window, increase, headroom = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local burst = tonumber(ARGV[8])
 local rate = get('rate')
 if not rate then
   return snapshot(int(want))
@@ -408,7 +412,7 @@ if now - changed >= window then
   end
   put('rate_changed_at', now)
 end
-local capacity = math.max(1, rate * window)
+local capacity = math.max(1, rate * burst)
 local tokens = get('tokens') or 0
 local at = get('tokens_at') or now
 if now > at then
@@ -463,7 +467,7 @@ local rate = get('rate')
 if not rate or learned < rate then
   put('rate', learned)
   put('rate_cut_at', now)
-  put('tokens', math.min(get('tokens') or 0, math.max(1, learned * window)))
+  put('tokens', math.min(get('tokens') or 0, 1))
   put('tokens_at', math.max(now, get('tokens_at') or now))
 end
 touch()
@@ -572,12 +576,13 @@ def account_client(url: str, *, timeout: float = 0.5) -> aioredis.Redis:
     """A Redis client fit for `SharedAccount`: `timeout`-second connect and socket timeouts,
     and no automatic retries (a script retried after its reply was lost would apply twice;
     the caller's next call, a sync period later, is the retry)."""
-    return aioredis.Redis.from_url(
+    client: aioredis.Redis = aioredis.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
     )
+    return client
 
 
 def _number(value: float, name: str, *, infinite: bool = False) -> str:
@@ -622,13 +627,15 @@ class SharedAccount:
         namespace: str = DEFAULT_NAMESPACE,
         worker: str,
         lease_ttl: float = 10.0,
-        slot_increase: float = 0.5,
-        slot_decrease: float = 0.9,
+        slot_increase: float = 1.0,
+        slot_start: float = 16.0,
+        slot_decrease: float = 1.0,
         cooldown: float = 5.0,
         max_slots: float = 10_000.0,
         rate_safety: float = 0.9,
         rate_increase: float = 0.05,
         rate_headroom: float = 0.95,
+        rate_burst: float = 0.2,
         window: float = 1.0,
         min_rate: float = 0.1,
         min_evidence: int = 5,
@@ -662,9 +669,18 @@ class SharedAccount:
         """The account's keys: state, leases, workers, accepted."""
         self.lease_ttl = lease_ttl
         self.slot_increase, self.slot_decrease = slot_increase, slot_decrease
+        self.slot_start = slot_start
+        """Slots in use at most across all workers before the service has refused one
+        (TCP's slow start): each accepted createTask adds one, so the bound doubles every
+        round until the first NO_SLOT_AVAILABLE sets the learned limit. Without it four
+        workers' first bursts each meet the account's limit before anyone has learned it."""
         self.cooldown, self.max_slots = cooldown, max_slots
         self.rate_safety, self.rate_increase = rate_safety, rate_increase
         self.rate_headroom, self.window = rate_headroom, window
+        self.rate_burst = rate_burst
+        """Seconds of the rate the bucket holds at most: a service that counts requests
+        over a sliding window is never sent twice its rate within one (a bucket of a whole
+        window would allow that: a full bucket and a window's refill)."""
         self.min_rate, self.min_evidence = min_rate, min_evidence
         self.retry_ratio = retry_ratio
         self.retry_floor_per_second = retry_floor_per_second
@@ -759,7 +775,13 @@ class SharedAccount:
         """Lease up to `want` task slots to this worker; return how many. Atomically,
         `slots_in_use + granted <= floor(slot_limit)` (no bound while the limit is
         unknown); also marks this worker alive, like `heartbeat`."""
-        return int((await self._run(self._acquire_slots, str(max(0, int(want)))))[0])
+        return int(
+            (
+                await self._run(
+                    self._acquire_slots, str(max(0, int(want))), repr(float(self.slot_start))
+                )
+            )[0]
+        )
 
     async def release_slots(self, count: int) -> int:
         """Give back up to `count` of this worker's leased slots; return how many it held
@@ -784,14 +806,19 @@ class SharedAccount:
         )[1]
 
     async def slot_accepted(self, n: int = 1) -> SharedState:
-        """`n` createTasks were accepted: `slot_limit` grows by `slot_increase` each, up to
-        `max_slots` (nothing while no limit is known)."""
+        """`n` createTasks were accepted: `slot_limit` grows by `slot_increase / slot_limit`
+        each (`slot_increase` per round of `slot_limit` tasks), up to `max_slots` (nothing
+        while no limit is known). Per round, not per task: the probe above the limit costs
+        one refusal per round across all the workers, where a fixed step per task (what a
+        lone `AdaptiveConcurrency` takes, to climb back fast) made the shared limit
+        overshoot by half the create rate (measured by `benchmarks/workers.py`)."""
         return (
             await self._run(
                 self._slot_accepted,
                 str(max(0, int(n))),
                 repr(float(self.slot_increase)),
                 repr(float(self.max_slots)),
+                repr(float(self.slot_start)),
             )
         )[1]
 
@@ -799,7 +826,7 @@ class SharedAccount:
         """Take up to `want` request tokens from the account's bucket; return how many.
 
         With no learned rate, all of them. With one, the bucket refills at `rate` per second
-        of Redis time and holds at most `max(1, rate * window)`, so over any interval of
+        of Redis time and holds at most `max(1, rate * rate_burst)`, so over any interval of
         Redis time the grants total at most `rate * elapsed` plus one bucket, across all
         workers. Nothing is granted while the account is paused. A call that wants more
         than the bucket holds is demand: the rate then grows by `rate_increase` per window,
@@ -813,6 +840,7 @@ class SharedAccount:
                     repr(float(self.window)),
                     repr(float(self.rate_increase)),
                     repr(float(self.rate_headroom)),
+                    repr(float(self.rate_burst)),
                 )
             )[0]
         )

@@ -103,6 +103,8 @@ class SharedGate:
     """Jobs holding a shared slot (from admission of their createTask to their end)."""
     waiting_slot: dict[Hashable, None] = attrs.field(factory=dict)
     waiting_token: dict[Hashable, None] = attrs.field(factory=dict)
+    refused_slots: int = 0
+    """Leased slots the service refused a createTask with (NO_SLOT_AVAILABLE): owed back."""
     _wake: list[Hashable] = attrs.field(factory=list, alias="_wake")
     _accepted: int = attrs.field(default=0, alias="_accepted")
 
@@ -124,10 +126,12 @@ class SharedGate:
         return accepted
 
     def spare_slots(self, keep: int) -> int:
-        """Give back the slots in hand beyond `keep` plus those waited for; return how many
-        (the sync task releases them in Redis)."""
+        """Give back the slots in hand beyond `keep` plus those waited for, and those the
+        service refused; return how many (the sync task releases them in Redis)."""
         spare = max(0, self.view.slots - keep - len(self.waiting_slot))
         self.view.slots -= spare
+        spare += self.refused_slots
+        self.refused_slots = 0
         return spare
 
     def leased(self, *, slots: int = 0, tokens: int = 0) -> None:
@@ -215,7 +219,9 @@ class SharedGate:
         pause_before = local.pause.until if local.pause is not None else -math.inf
         circuit_before = local.circuit is not None and local.circuit.is_open
         local.observe(job, endpoint, failure, sent_at=sent_at, now=now)
-        if failure is None or failure.code is not None:  # the API answered: it took it
+        if failure is None or (
+            failure.code is not None and failure.code != ErrorCode.RATE_LIMITED
+        ):  # the account took the request (a RATE_LIMITED one it refused; noise says nothing)
             self._accepted += 1
         if local.pause is not None and local.pause.until > pause_before:
             reason = failure.name if failure is not None else "paused"
@@ -233,7 +239,12 @@ class SharedGate:
             return
         if failure.code == ErrorCode.NO_SLOT_AVAILABLE:
             self.events.append(SharedEvent("slot_refused", now, sent_at=sent_at))
-        if not failure.may_have_billed:
+            if job in self.slot_holders:
+                # The service is full: this slot is not there. Hand it back to the account
+                # rather than to the next job here, which would only be refused too.
+                del self.slot_holders[job]
+                self.refused_slots += 1
+        elif not failure.may_have_billed:
             self._give_back_slot(job)  # no task: the slot is free (it may be taken again)
 
     def release(self, job: Hashable, now: float) -> None:

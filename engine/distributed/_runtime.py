@@ -60,11 +60,14 @@ async def shared_engine(
     sync_period: float = 0.05,
     idle_takeover: float = 30.0,
     ambiguous: AmbiguousCreate = AmbiguousCreate.RECREATE,
+    share_account: bool = True,
 ) -> AsyncIterator[SharedRuntime]:
     """An engine for one worker of the account of `key`, sharing through the Redis at
     `redis_url`: its gate (a `SharedGate` around `local_gate`) synced every `sync_period`
     seconds, its journal and its work queue (`run` names the queue and the journal) under
-    `namespace`. Runs on asyncio (redis-py's client)."""
+    `namespace`. Runs on asyncio (redis-py's client). `share_account=False` leaves the
+    account out of it: the engine's gate is `local_gate` alone, which learns the account on
+    its own as if no other worker existed (the queue and journal are still shared)."""
     api_key = key if isinstance(key, ApiKey) else ApiKey(key)
     name = worker or default_worker_name()
     client = redis_asyncio.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
@@ -82,13 +85,14 @@ async def shared_engine(
             base_url=base_url,
             transport=transport,
             timeout=timeout,
-            gate=gate,
+            gate=gate if share_account else gate.local,
             journal=journal,
             ambiguous=ambiguous,
         )
         async with engine, anyio.create_task_group() as group:
             sync = AccountSync(gate, account, engine.clock, engine.wake, period=sync_period)
-            group.start_soon(sync.run)
+            if share_account:
+                group.start_soon(sync.run)
             yield SharedRuntime(engine, queue, journal, account, gate, sync, name)
             group.cancel_scope.cancel()
     finally:

@@ -42,7 +42,7 @@ class AccountSync:
         *,
         period: float = 0.05,
         slot_batch: int = 8,
-        keep_slots: int = 2,
+        keep_slots: int = 0,
     ) -> None:
         if not (period > 0 and math.isfinite(period)):
             raise ValueError(f"period must be a positive number of seconds, got {period!r}")
@@ -87,7 +87,8 @@ class AccountSync:
         view = gate.view
         # The lease Redis holds for us is what we hold (a grant whose reply was lost is
         # put right here).
-        state = await account.heartbeat(held=view.slots + len(gate.slot_holders))
+        held = view.slots + len(gate.slot_holders) + gate.refused_slots
+        state = await account.heartbeat(held=held)
         offset = self.clock.now() - state.server_time  # server time + offset = our time
         accepted_slots = sum(event.kind == "slot_accepted" for event in self._pending)
         while self._pending:
@@ -105,7 +106,7 @@ class AccountSync:
             try:
                 await account.release_slots(spare)
             except BaseException:
-                view.slots += spare  # not given back: still ours
+                gate.refused_slots += spare  # not given back yet: next round
                 raise
         wanted = gate.wanted_slots
         if wanted:
