@@ -24,6 +24,7 @@ from strategies import (
 
 from captchaflow.policies import (
     CODE_TABLE,
+    MIN_POLL_DELAY,
     NEVER_RETRIED,
     AdaptivePoll,
     BackoffPolicy,
@@ -616,6 +617,202 @@ def test_adaptive_poll_counts_are_at_least_one(field: str) -> None:
         AdaptivePoll(**{field: 0})
     schedule = AdaptivePoll(interval=0.5, quantile=0.5, min_samples=1, memory=1)
     assert learned(schedule, 9.0, 3.0) == 3.0
+
+
+# --- AdaptivePoll's shaped schedule --------------------------------------------------------
+
+ANY_TIMES = st.lists(
+    st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(min_value=0.0, max_value=1e-6)
+    | st.floats(min_value=0.0, max_value=120.0)
+    | st.sampled_from([0.0, -1.0, 1e308, 5.0]),
+    max_size=160,
+)
+"""Anything a caller could report as a time to solution, hostile values included."""
+
+SMALL_SHAPE = {"min_samples": 3, "shape_samples": 8, "memory": 32}
+"""Settings that shape after a handful of times, so generated lists reach every phase."""
+
+
+def delay_floors_broken(schedule: Any, seconds: list[float], polls: int = 40) -> str | None:
+    """Feed `seconds` one at a time; nothing may raise, and after each the waits before
+    polls 1..`polls` must be finite floats of at least MIN_POLL_DELAY, the first at least
+    `interval` and every later shaped one at least `min_interval`. Say what broke, or
+    None."""
+    gap = schedule.min_interval if schedule.min_interval is not None else schedule.interval / 4
+    for value in seconds:
+        try:
+            schedule.observe_solved(value)
+            delays = [schedule.delay_before_poll(poll) for poll in range(1, polls + 1)]
+        except Exception as exc:
+            return f"raised {exc!r}"
+        if not all(isinstance(d, float) and math.isfinite(d) for d in delays):
+            return f"a wait that is not a finite float: {delays}"
+        if min(delays) < MIN_POLL_DELAY or delays[0] < schedule.interval:
+            return f"a wait below the floor: {delays}"
+        if any(d < gap for d in delays[1:]):
+            return f"a later wait below min_interval: {delays}"
+    return None
+
+
+@settings(max_examples=60, deadline=None)
+@given(ANY_TIMES)
+def test_adaptive_poll_delays_are_finite_and_above_the_floors_for_any_times(
+    seconds: list[float],
+) -> None:
+    """Invariant: whatever times it is told (NaN, infinities, negatives, zeros, huge, tiny),
+    every wait is a finite float, at least MIN_POLL_DELAY, the first at least `interval`,
+    the later ones at least `min_interval`."""
+    assert delay_floors_broken(AdaptivePoll(interval=0.5, **SMALL_SHAPE), seconds) is None
+    fine_gaps = AdaptivePoll(interval=2.0, min_interval=0.01, **SMALL_SHAPE)
+    assert delay_floors_broken(fine_gaps, seconds) is None
+
+
+class ForgetsTheGap(AdaptivePoll):
+    """Broken: shapes without keeping `min_interval` between polls."""
+
+    def _shape(self) -> None:
+        super()._shape()
+        object.__setattr__(self, "_delays", tuple(d / 100 for d in self.shaped_delays))
+
+
+class NoUpperLimit(AdaptivePoll):
+    """Broken: learns any finite time, however absurd (1e308 s), as if it were real."""
+
+    def observe_solved(self, seconds: float) -> None:
+        if seconds > 86_400 and math.isfinite(seconds):
+            self._samples.append((seconds, 2.0))
+            return
+        super().observe_solved(seconds)
+
+
+@pytest.mark.parametrize("broken", [ForgetsTheGap, NoUpperLimit], ids=["no-gap", "no-limit"])
+def test_delay_floor_check_catches_a_broken_schedule(broken: type[AdaptivePoll]) -> None:
+    """The property above has teeth: its strategy finds times that make a deliberately
+    broken schedule answer a wait below a floor, or not finite (and the sound one passes
+    those same times)."""
+    counterexample = find(
+        ANY_TIMES,
+        lambda seconds: (
+            delay_floors_broken(broken(interval=0.5, **SMALL_SHAPE), seconds) is not None
+        ),
+        settings=settings(max_examples=500, database=None, phases=[Phase.generate]),
+    )
+    assert delay_floors_broken(AdaptivePoll(interval=0.5, **SMALL_SHAPE), counterexample) is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(ANY_TIMES)
+def test_adaptive_poll_learning_is_deterministic(seconds: list[float]) -> None:
+    """Invariant: two schedules told the same times in the same order answer the same waits
+    (no randomness, no clock, no dependence on anything else)."""
+    one, two = AdaptivePoll(**SMALL_SHAPE), AdaptivePoll(**SMALL_SHAPE)
+    for value in seconds:
+        one.observe_solved(value)
+        two.observe_solved(value)
+        assert one.shaped_delays == two.shaped_delays
+        assert [one.delay_before_poll(n) for n in range(1, 30)] == [
+            two.delay_before_poll(n) for n in range(1, 30)
+        ]
+
+
+def lognormal(median: float, count: int, seed: int) -> list[float]:
+    """`count` times to solution, lognormal with `median` and sigma 0.5."""
+    rng = random.Random(seed)
+    return [median * math.exp(rng.gauss(0.0, 0.5)) for _ in range(count)]
+
+
+def poll_times(schedule: AdaptivePoll, polls: int = 60) -> list[float]:
+    """When polls 1..`polls` come, in seconds after acceptance."""
+    times, now = [], 0.0
+    for poll in range(1, polls + 1):
+        now += schedule.delay_before_poll(poll)
+        times.append(now)
+    return times
+
+
+def test_adaptive_poll_shapes_once_shape_samples_are_remembered() -> None:
+    """Below `shape_samples` only the first wait is learned (later polls every
+    `interval`); from it on every poll is shaped, the first no earlier than `interval` nor
+    the learned `quantile`."""
+    schedule = AdaptivePoll()
+    times = lognormal(20.0, 64, seed=1)
+    for value in times[:63]:
+        schedule.observe_solved(value)
+    assert schedule.shaped_delays == ()
+    assert schedule.delay_before_poll(2) == schedule.delay_before_poll(9) == 2.0
+    schedule.observe_solved(times[63])
+    shaped = schedule.shaped_delays
+    assert shaped and shaped[0] >= max(2.0, sorted(times)[6] * 0.8)
+    assert [schedule.delay_before_poll(n) for n in range(1, len(shaped) + 1)] == list(shaped)
+    assert schedule.delay_before_poll(len(shaped) + 1) == 2.0
+
+
+def test_adaptive_poll_skips_the_dead_time_and_polls_sparsely_where_few_finish() -> None:
+    """Learned from tasks of 4 s or of 40 s (nothing in between), it polls neither before the
+    fast ones nor between the two groups as often as within them, and a task of 40 s is
+    found with fewer than half the polls every 2 s would make."""
+    schedule = AdaptivePoll()
+    rng = random.Random(3)
+    for _ in range(256):
+        median = 4.0 if rng.random() < 0.5 else 40.0
+        schedule.observe_solved(median * math.exp(rng.gauss(0.0, 0.15)))
+    times = poll_times(schedule)
+    assert times[0] >= 2.0
+    in_gap = [t for t in times if 8.0 < t < 28.0]
+    assert len(in_gap) <= 3
+    assert 0 < sum(t < 40.0 for t in times) + 1 < 20 / 2
+
+
+def test_adaptive_poll_follows_a_shift_within_memory() -> None:
+    """Shared by an account whose tasks go from 5 s to 25 s, it moves its first poll past
+    the old tasks' times once `memory` new ones are remembered, and back after the reverse
+    change: old times are forgotten."""
+    schedule = AdaptivePoll()
+    for value in lognormal(5.0, 400, seed=4):
+        schedule.observe_solved(value)
+    fast_first = schedule.delay_before_poll(1)
+    assert fast_first < 8.0
+    for value in lognormal(25.0, 256, seed=5):
+        schedule.observe_solved(value)
+    assert schedule.delay_before_poll(1) > 12.0
+    for value in lognormal(5.0, 256, seed=6):
+        schedule.observe_solved(value)
+    assert schedule.delay_before_poll(1) == pytest.approx(fast_first, rel=0.5)
+
+
+def test_adaptive_poll_memory_and_plan_stay_bounded() -> None:
+    """After 2,000 times (a tenth of them hostile), at most `memory` are remembered and the
+    shaped plan is a bounded tuple; each wait is a lookup (the same object every call)."""
+    schedule = AdaptivePoll(memory=100)
+    rng = random.Random(9)
+    for k in range(2000):
+        schedule.observe_solved(math.nan if k % 10 == 0 else rng.lognormvariate(2.0, 1.0))
+    assert len(schedule._samples) <= 100
+    assert 0 < len(schedule.shaped_delays) <= 2000
+    assert schedule.delay_before_poll(3) is schedule.delay_before_poll(3)
+
+
+@pytest.mark.parametrize("field", ["latency", "min_interval"])
+@pytest.mark.parametrize("value", [0.0, -1.0, math.inf, math.nan, "1"])
+def test_adaptive_poll_rejects_invalid_latency_and_min_interval(field: str, value: Any) -> None:
+    """`latency` and `min_interval` are None (the defaults: `interval / 2`, `interval / 4`)
+    or finite numbers of seconds of at least MIN_POLL_DELAY."""
+    with pytest.raises((ValueError, TypeError), match=field):
+        AdaptivePoll(**{field: value})
+
+
+def test_adaptive_poll_latency_target_trades_latency_for_polls() -> None:
+    """A looser latency target never plans more polls: its poll times are sparser."""
+    times = lognormal(8.0, 256, seed=2)
+    tight, loose = AdaptivePoll(), AdaptivePoll(latency=3.0)
+    for value in times:
+        tight.observe_solved(value)
+        loose.observe_solved(value)
+    horizon = 30.0
+    assert sum(t <= horizon for t in poll_times(loose)) < sum(
+        t <= horizon for t in poll_times(tight)
+    )
 
 
 # --- properties over every built-in --------------------------------------------------------
