@@ -202,3 +202,27 @@ def _shutdown_saving(server: RedisServer) -> None:
     assert server.proc is not None
     server.proc.wait(timeout=10)
     server.proc = None
+
+
+@pytest.mark.parametrize(
+    ("command", "url", "says"),
+    [
+        (["worker"], "http://not-redis", "Redis URL must specify one of the following schemes"),
+        (["worker"], "redis://127.0.0.1:1/0", "Redis is unreachable"),
+        (["batch", "TASKS", "-o", "RESULTS"], "redis://127.0.0.1:1/0", "Redis is unreachable"),
+    ],
+    ids=["worker-bad-url", "worker-unreachable", "batch-unreachable"],
+)
+def test_a_redis_that_cannot_be_used_is_a_one_line_usage_error(
+    tmp_path: Path, command: list[str], url: str, says: str
+) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps(task(1)) + "\n")
+    args = [
+        str(tasks) if word == "TASKS" else str(tmp_path / "r.jsonl") if word == "RESULTS" else word
+        for word in command
+    ]
+    done = finish(start([*args, "--redis", url]))
+    assert done.code == 2
+    errors = [line for line in done.err.splitlines() if line.startswith("captchaflow: error:")]
+    assert len(errors) == 1 and "--redis: " in errors[0] and says in errors[0], done.err

@@ -259,10 +259,18 @@ def run(args: argparse.Namespace) -> int:
         os.close(tasks_fd)
         raise
     if args.redis:
+        try:
+            from captchaflow.engine.distributed import RedisUnavailableError
+        except ImportError as exc:
+            raise UsageError(
+                f"--redis needs the redis extra (pip install 'captchaflow[redis]'): {exc}"
+            ) from None
         with results:
             batch = _redis_batch(args, account, results, resumed, total)
             try:
                 batch.run(tasks_fd)
+            except (RedisUnavailableError, ValueError) as exc:
+                raise UsageError(f"--redis: {exc}") from None
             finally:
                 batch.print_summary()
         if batch.write_error is not None:

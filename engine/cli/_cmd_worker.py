@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     """Run a worker until a signal stops it."""
     key, base_url = _account(args)
     try:
-        from captchaflow.engine.distributed import Worker, shared_engine
+        from captchaflow.engine.distributed import RedisUnavailableError, Worker, shared_engine
     except ImportError as exc:
         raise UsageError(
             f"worker needs the redis extra (pip install 'captchaflow[redis]'): {exc}"
@@ -117,5 +117,8 @@ def run(args: argparse.Namespace) -> int:
             )
             await worker.run()
 
-    anyio.run(main, backend="asyncio")
+    try:
+        anyio.run(main, backend="asyncio")
+    except (RedisUnavailableError, ValueError) as exc:  # at start: an unusable --redis
+        raise UsageError(f"--redis: {exc}") from None
     return 0
