@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
-KEYS = ("bench-storm-key", "bench-regret-key", "demo-key")
+KEYS = ("bench-storm-key", "bench-regret-key", "demo-key", "bench-workers-key", "bench-journal-key")
 
 
 @pytest.mark.parametrize(
@@ -27,6 +27,7 @@ KEYS = ("bench-storm-key", "bench-regret-key", "demo-key")
         ),
         ("jitter.py", ["--clients", "5,10", "--runs", "2"], "jitter: calls_vs_no_jitter"),
         ("simulation.py", ["--tasks", "50"], "simulation: jobs=50"),
+        ("journal.py", ["--jobs", "40", "--rounds", "1"], "journal: sqlite_vs_none="),
     ],
 )
 def test_benchmark_runs_and_prints_its_summary(script: str, args: list[str], summary: str) -> None:
@@ -40,4 +41,22 @@ def test_benchmark_runs_and_prints_its_summary(script: str, args: list[str], sum
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith(summary)
+    assert not any(key in proc.stdout + proc.stderr for key in KEYS)
+
+
+def test_the_workers_benchmark_runs_and_prints_its_summary(redis_url: str) -> None:
+    """`benchmarks/workers.py` at a small size (4 worker processes each way, on the test
+    Redis): exit 0, its summary as the last line, no key."""
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "workers.py"), "--tasks", "12"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env={**os.environ, "CAPTCHAFLOW_REDIS_URL": redis_url},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("workers: rejected_vs_independent=")
     assert not any(key in proc.stdout + proc.stderr for key in KEYS)

@@ -36,6 +36,7 @@ REFERENCE_PACKAGES = (
     "captchaflow.engine",
     "captchaflow.engine.instrumentation",
     "captchaflow.engine.journal",
+    "captchaflow.engine.distributed",
     "captchaflow.policies",
     "captchaflow.transports",
     "captchaflow.transports.sim",

@@ -194,7 +194,9 @@ async def test_slots_are_unbounded_until_the_service_refuses(
 async def test_the_slot_limit_decreases_once_per_round(
     redis_url: str, redis_namespace: str
 ) -> None:
-    async with fleet(redis_url, redis_namespace, cooldown=0.4, slot_increase=0.5) as [account]:
+    async with fleet(
+        redis_url, redis_namespace, cooldown=0.4, slot_increase=0.5, slot_decrease=0.9
+    ) as [account]:
         first = await account.slot_refused(sent_at=0.0)  # in use: none; the limit is 1 at least
         assert first.slot_limit == 1
         learned_at = await field(account, "slot_decreased_at")

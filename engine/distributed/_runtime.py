@@ -57,7 +57,7 @@ async def shared_engine(
     transport: Transport | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     local_gate: FleetGate | None = None,
-    sync_period: float = 0.05,
+    sync_period: float = 0.025,
     idle_takeover: float = 30.0,
     ambiguous: AmbiguousCreate = AmbiguousCreate.RECREATE,
     share_account: bool = True,

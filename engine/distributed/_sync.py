@@ -40,7 +40,7 @@ class AccountSync:
         clock: Clock,
         wake: Callable[[Iterable[Hashable]], None],
         *,
-        period: float = 0.05,
+        period: float = 0.025,
         slot_batch: int = 8,
         keep_slots: int = 0,
     ) -> None:
