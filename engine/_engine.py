@@ -35,7 +35,7 @@ from ._balance import BalanceQuery
 from ._clock import Clock, SystemClock
 from ._driver import GateWaker, MoveHook, drive_job, query_balance
 from ._errors import InvalidTaskError
-from ._job import Job, check_timeout, validate_task
+from ._job import DEFAULT_TIMEOUT, Job, check_timeout, validate_task
 from .instrumentation import DEFAULT_HOOKS, Hook
 from .journal._base import (
     AMBIGUOUS_CREATE,
@@ -56,7 +56,6 @@ __all__ = [
     "solve_many",
 ]
 
-DEFAULT_TIMEOUT = 120.0
 
 _T = TypeVar("_T")
 

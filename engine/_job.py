@@ -204,6 +204,10 @@ def error_for(
     )
 
 
+DEFAULT_TIMEOUT: Final = 120.0
+"""A task's deadline when none is given, in seconds from its start."""
+
+
 def check_timeout(timeout: float) -> None:
     """Raise `ValueError` unless `timeout` is a positive finite number of seconds."""
     if not (timeout > 0 and math.isfinite(timeout)):

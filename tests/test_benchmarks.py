@@ -28,6 +28,7 @@ KEYS = ("bench-storm-key", "bench-regret-key", "demo-key", "bench-workers-key", 
         ("jitter.py", ["--clients", "5,10", "--runs", "2"], "jitter: calls_vs_no_jitter"),
         ("simulation.py", ["--tasks", "50"], "simulation: jobs=50"),
         ("journal.py", ["--jobs", "40", "--rounds", "1"], "journal: sqlite_vs_none="),
+        ("imports.py", ["--runs", "1"], "imports: engine_vs_httpx="),
     ],
 )
 def test_benchmark_runs_and_prints_its_summary(script: str, args: list[str], summary: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import pathlib
 import subprocess
 import sys
@@ -95,6 +96,47 @@ def test_importing_the_packages_loads_no_io_library() -> None:
     sim = "import sys, captchaflow.engine\nprint('captchaflow.transports.sim' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", sim], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "allowed"),
+    [
+        (["--help"], set()),
+        (["solve", "--help"], set()),
+        (["batch", "--help"], set()),
+        (["worker", "--help"], set()),
+        # httpx imports rich (its own command line) and sniffio: the HTTP stack, whole.
+        (
+            ["solve", "--task", "{}"],
+            {"httpx", "anyio", "sniffio", "socket", "ssl", "h11", "httpcore", "rich"},
+        ),
+    ],
+    ids=["help", "solve-help", "batch-help", "worker-help", "solve"],
+)
+def test_the_command_imports_no_more_than_it_needs(argv: list[str], allowed: set[str]) -> None:
+    """In a fresh interpreter, `captchaflow ARGV` loads no I/O library it does not use:
+    `--help` and every command's help load none (no httpx, anyio, rich, sqlite3, redis, nor
+    the simulator); `solve` loads the HTTP stack only (here it fails on the empty task)."""
+    code = (
+        "import sys\n"
+        "from captchaflow.engine.cli._main import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "names = {m.split('.')[0] for m in sys.modules} | set(sys.modules)\n"
+        "print(' '.join(sorted(names)), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "NOCAPTCHA_API_KEY": "sk-layout-test-key"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    loaded = set(done.stderr.strip().splitlines()[-1].split())
+    heavy = IO_LIBRARIES | OPTIONAL_LIBRARIES | {"rich", "sqlite3", "redis"}
+    heavy |= {"captchaflow.transports.sim", "captchaflow.engine._engine"}
+    if "solve" in argv and "--help" not in argv:
+        heavy -= allowed | {"captchaflow.engine._engine"}
+    assert not loaded & heavy, sorted(loaded & heavy)
 
 
 def test_lazy_names_load_on_first_use() -> None:

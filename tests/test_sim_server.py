@@ -16,8 +16,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+import captchaflow.transports.sim as sim_package
 from captchaflow.engine import Engine, PermanentError, cli
-from captchaflow.engine.cli import _cmd_serve_sim
 from captchaflow.policies import FixedInterval
 from captchaflow.transports import ApiKey, ApiRequest, ErrorCode, HttpxTransport, SentNoReply
 from captchaflow.transports.sim import (
@@ -558,7 +558,8 @@ def test_serve_sim_prints_the_url_first_and_warns_off_loopback(
         seen.update(api=api, host=host, port=port)
         on_ready(FakeServer())
 
-    monkeypatch.setattr(_cmd_serve_sim, "serve_simulator", fake_serve)
+    # The command imports the simulator when it runs: patch it where it is imported from.
+    monkeypatch.setattr(sim_package, "serve_simulator", fake_serve)
     toml = '[[accounts]]\nkey = "file-key"\n[[accounts]]\nkey = "other"\n'
     toml += "[default_task]\nsolve_seconds = 9.0\nsolve_spread = 4.0\nmin_solve_seconds = 2.0\n"
     path = scenario_file(tmp_path, "s.toml", toml)

@@ -17,31 +17,17 @@ from ._base import (
     Transport,
     TransportError,
 )
+from ._url import DEFAULT_BASE_URL, is_loopback
 from ._wire import ApiKey, ApiReply, ApiRequest, Endpoint, ErrorCode, JsonValue, TaskId
 
 if typing.TYPE_CHECKING:
-    from ._httpx import (
-        DEFAULT_BASE_URL,
-        HttpxTransport,
-        InsecureTransportWarning,
-        check_base_url,
-        is_loopback,
-    )
+    from ._httpx import HttpxTransport, InsecureTransportWarning, check_base_url
 
 # The httpx transport loads httpx, anyio and ssl: imported on first use.
 __getattr__, __dir__ = _lazy.lazy_exports(
     __name__,
     globals(),
-    {
-        name: "._httpx"
-        for name in (
-            "DEFAULT_BASE_URL",
-            "HttpxTransport",
-            "InsecureTransportWarning",
-            "check_base_url",
-            "is_loopback",
-        )
-    },
+    {name: "._httpx" for name in ("HttpxTransport", "InsecureTransportWarning", "check_base_url")},
 )
 
 __all__ = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 import ssl
 import warnings
@@ -13,6 +12,7 @@ import anyio
 import httpx
 
 from ._base import BadReply, CertificateRejected, NotSent, SentNoReply
+from ._url import DEFAULT_BASE_URL, is_loopback
 from ._wire import ApiKey, ApiReply, ApiRequest
 
 __all__ = [
@@ -22,8 +22,6 @@ __all__ = [
     "check_base_url",
     "is_loopback",
 ]
-
-DEFAULT_BASE_URL: Final = "https://api.nocaptchaai.com"
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.LocalProtocolError)
 _E = TypeVar("_E", bound=BaseException)
@@ -53,16 +51,6 @@ def check_base_url(base_url: str) -> str:
     if url.scheme not in ("http", "https") or not url.host or url.query or url.fragment:
         raise ValueError(_URL_SHAPE)
     return str(url).rstrip("/")
-
-
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and addresses in 127.0.0.0/8 or ::1."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class InsecureTransportWarning(UserWarning):

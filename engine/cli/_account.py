@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from captchaflow.engine._engine import DEFAULT_TIMEOUT
+from captchaflow.engine._job import DEFAULT_TIMEOUT
 from captchaflow.transports import DEFAULT_BASE_URL, ApiKey
 
 from ._args import _positive_seconds

@@ -7,8 +7,6 @@ import ipaddress
 import re
 import urllib.parse
 
-from captchaflow.transports import check_base_url
-
 from ._args import UsageError
 
 _HOST_NAME = re.compile(r"[\w.-]+")  # letters (IDN too), digits, '-', '.', '_'
@@ -45,6 +43,8 @@ def _checked_base_url(text: str, source: str = "--base-url") -> str:
     if parts.query or parts.fragment or "?" in text or "#" in text:
         raise UsageError(f"{source} must not have a query or a fragment: {shape}")
     try:
+        from captchaflow.transports import check_base_url  # httpx parses it: only here
+
         return check_base_url(text)
     except ValueError:
         raise UsageError(f"{source} is not a valid URL: {shape}") from None

@@ -26,7 +26,7 @@ from captchaflow.transports import JsonValue
 
 from ._batch_files import Reader
 from ._batch_io import Entry, Result
-from ._cmd_batch import _Batch
+from ._batch_run import _Batch
 from ._progress import Display, keep_showing
 
 if TYPE_CHECKING:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from captchaflow.engine._engine import balance
 from captchaflow.engine._errors import CaptchaflowError
 
 from ._account import _account, _add_account_options
@@ -28,6 +27,8 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the balance of the account whose key `args` point to; return the status."""
+    from captchaflow.engine._engine import balance  # httpx: only when the command runs
+
     key, base_url = _account(args)
     try:
         amount = balance(key=key, base_url=base_url, timeout=args.timeout)

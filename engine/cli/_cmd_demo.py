@@ -8,13 +8,9 @@ import collections
 import sys
 import time
 
-from captchaflow.engine._demo import format_failures, format_summary, run_demo
-
 from ._args import _add_simulation_options, _Commands, _task_count
-from ._batch_tally import Tally
 from ._exit import commonest_exit_code
 from ._inputs import _read_scenario
-from ._progress import LiveProgress, TallyHook
 
 
 def register(commands: _Commands) -> argparse.ArgumentParser:
@@ -36,6 +32,12 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; print its summary (failures on stderr); return the exit status."""
+    # The simulation and the display: only when the command runs.
+    from captchaflow.engine._demo import format_failures, format_summary, run_demo
+
+    from ._batch_tally import Tally
+    from ._progress import LiveProgress, TallyHook
+
     scenario = _read_scenario(args.scenario) if args.scenario is not None else None
     if sys.stderr is not None and sys.stderr.isatty():
         # On a terminal, the same live display as `batch` (a long demo shows it is alive).

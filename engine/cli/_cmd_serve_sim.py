@@ -5,21 +5,18 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+from typing import TYPE_CHECKING
 
 import attrs
 
 from captchaflow.transports import is_loopback
-from captchaflow.transports.sim import (
-    AccountSpec,
-    Scenario,
-    SimulatedAPI,
-    SimulatorServer,
-    serve_simulator,
-)
 
 from ._args import UsageError, _add_simulation_options, _Commands, _port, _positive_seconds
 from ._inputs import _os_reason, _read_scenario
 from ._output import PROG, printable
+
+if TYPE_CHECKING:
+    from captchaflow.transports.sim import Scenario, SimulatorServer
 
 
 def register(commands: _Commands) -> argparse.ArgumentParser:
@@ -56,6 +53,8 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
 
 def _sim_scenario(args: argparse.Namespace) -> Scenario:
     """The scenario of `serve-sim`: the file's (or the default), with the flags applied."""
+    from captchaflow.transports.sim import AccountSpec, Scenario
+
     scenario = _read_scenario(args.scenario) if args.scenario is not None else Scenario()
     solve_seconds = args.solve_seconds
     if solve_seconds is None and args.scenario is None:
@@ -84,6 +83,8 @@ def _sim_scenario(args: argparse.Namespace) -> Scenario:
 
 def run(args: argparse.Namespace) -> int:
     """Serve the simulated API until a stop signal; return the exit status (0)."""
+    from captchaflow.transports.sim import SimulatedAPI, serve_simulator
+
     api = SimulatedAPI(_sim_scenario(args), seed=args.seed, keep_log=False)
 
     def announce(server: SimulatorServer) -> None:

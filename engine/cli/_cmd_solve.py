@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from captchaflow.engine._driver import MoveHook
-from captchaflow.engine._engine import solve
 from captchaflow.engine._errors import CaptchaflowError
 from captchaflow.engine._fsm import Move
 from captchaflow.engine._job import Job
@@ -17,6 +16,9 @@ from ._exit import _fail_with
 from ._inputs import MAX_IMAGE_BYTES, MAX_TASK_BYTES, _read_task, _size
 from ._logging import _add_logging_options, _setup_logging
 from ._output import _fail, strict_json, unencodable_solution
+
+if TYPE_CHECKING:
+    from captchaflow.engine._driver import MoveHook
 
 
 def register(commands: _Commands) -> argparse.ArgumentParser:
@@ -66,6 +68,8 @@ def _warn_unresolved_host(key: ApiKey) -> MoveHook:
 
 def run(args: argparse.Namespace) -> int:
     """Solve the task `args` name; print the solution; return the exit status."""
+    from captchaflow.engine._engine import solve  # httpx, anyio: only when the command runs
+
     task = _read_task(args)
     key, base_url = _account(args)
     _setup_logging(args, key)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import anyio
-
 from captchaflow.engine._job import Job
 from captchaflow.transports import JsonValue
 
@@ -116,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
                 record=batch_record,
             )
             await worker.run()
+
+    import anyio
 
     try:
         anyio.run(main, backend="asyncio")

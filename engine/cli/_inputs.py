@@ -12,11 +12,10 @@ import stat
 import sys
 import tomllib
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from captchaflow.engine._job import validate_task
 from captchaflow.transports import ApiKey, JsonValue
-from captchaflow.transports.sim import Scenario, ScenarioError
 
 from ._args import UsageError
 
@@ -32,6 +31,10 @@ MAX_KEY_FILE_BYTES = 4096
 """The largest `--key-file` (a key is a few dozen bytes)."""
 MAX_SCENARIO_BYTES = 1 * MIB
 """The largest `--scenario` file."""
+
+
+if TYPE_CHECKING:
+    from captchaflow.transports.sim import Scenario
 
 
 def _read_capped(handle: IO[bytes], limit: int, what: str) -> bytes:
@@ -114,6 +117,8 @@ def _os_reason(exc: BaseException) -> str:
 
 
 def _read_scenario(path: str) -> Scenario:
+    from captchaflow.transports.sim import Scenario, ScenarioError  # the simulator: only here
+
     kind = pathlib.PurePath(path).suffix.lower()
     if kind not in (".json", ".toml"):  # not named: it may be a key typed in the wrong place
         raise UsageError("--scenario: only .json and .toml scenario files are supported")
