@@ -208,11 +208,9 @@ class Engine:
             started(job)
         now = self.clock.now()
         plan = resume_plan(entry, self.ambiguous)
-        if entry.outcome is not None and entry.outcome.get("state") == "ready":
-            solution = entry.outcome.get("solution")
-            if isinstance(solution, dict):
-                job.restore_solution(entry.task_id, solution, now)
-                return job
+        if plan.solution is not None:
+            job.restore_solution(plan.task_id, plan.solution, now)
+            return job
         if plan.fail:
             job.fail_unsent(
                 now,

@@ -460,8 +460,7 @@ class Job:
         journal): the job polls it instead of creating one, as if its createTask had just
         been accepted (the account gate counts the task as live). Only before the job's
         first request."""
-        if self.state != INITIAL_STATE.value or self.requests_sent or self._awaiting:
-            raise JobStateError("only a job that has sent nothing can resume a task")
+        self._before_first_request("resume a task")
         self._advance(now)
         if self.gate is not None:
             self.gate.observe(self, Endpoint.CREATE_TASK, None, sent_at=now, now=now)
@@ -480,8 +479,7 @@ class Job:
         """Fail the job with `NoReplyError` called `name` before it sends anything, for
         `reason` (a createTask of an earlier run whose fate is unknown, which the caller
         chose not to repeat). Only before the job's first request."""
-        if self.state != INITIAL_STATE.value or self.requests_sent or self._awaiting:
-            raise JobStateError("only a job that has sent nothing can fail unsent")
+        self._before_first_request("fail unsent")
         self._advance(now)
         self._move("fail", now, reason)
         self.error = NoReplyError(
@@ -510,6 +508,11 @@ class Job:
         self.history.append(Move(now, source, self.state, trigger, self.key.redact(cause)))
         if self.gate is not None and self.state in TERMINAL_STATES:
             self.gate.release(self, now)
+
+    def _before_first_request(self, what: str) -> None:
+        """Raise `JobStateError` unless the job has not moved or sent anything yet."""
+        if self.state != INITIAL_STATE.value or self.requests_sent or self._awaiting:
+            raise JobStateError(f"only a job that has sent nothing can {what}")
 
     def _accept(self, task_id: TaskId, now: float, cause: str) -> None:
         """The task exists as `task_id`: poll it."""

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 
 from captchaflow.engine import Engine, Job, NoReplyError, VirtualClock, drive_job
@@ -19,11 +20,14 @@ from captchaflow.engine.journal import (
     Journal,
     JournalConflictError,
     JournalCorruptError,
+    JournalEntry,
     JournalError,
     JournalFormatError,
     MemoryJournal,
+    Resume,
     SqliteJournal,
     Stage,
+    resume_plan,
 )
 from captchaflow.policies import OpenGate
 from captchaflow.transports import (
@@ -494,3 +498,16 @@ async def test_changes_made_at_once_all_land_and_an_error_stays_its_own(
     entries = await journal.unfinished()
     assert [(e.stage, e.task_id) for e in entries] == [(Stage.CREATED, n) for n in range(100)]
     assert len(failures) == 1
+
+
+def test_the_resume_plan_of_a_solved_job_is_its_solution() -> None:
+    """Whoever asks `resume_plan` (not only the engine) is told to return a solution the
+    journal holds, not to create the task again."""
+    solved = JournalEntry(
+        "a", TASK, Stage.FINISHED, "T-1", {"state": "ready", "solution": {"text": "x"}}
+    )
+    for rule in AmbiguousCreate:
+        plan = resume_plan(solved, rule)
+        assert plan.solution == {"text": "x"} and plan.task_id == "T-1" and not plan.fail
+    failed = attrs.evolve(solved, outcome={"state": "failed", "error": "X", "message": ""})
+    assert resume_plan(failed, AmbiguousCreate.RECREATE) == Resume(failed, None)

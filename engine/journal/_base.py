@@ -169,6 +169,8 @@ class Resume:
     """Poll this task (it exists) instead of creating one; None: create."""
     fail: bool = False
     """Fail the job at once without sending (an ambiguous create under `AmbiguousCreate.FAIL`)."""
+    solution: Mapping[str, JsonValue] | None = None
+    """The solution an earlier run got: return it, sending nothing."""
 
 
 AMBIGUOUS_CREATE = "AMBIGUOUS_CREATE"
@@ -176,9 +178,15 @@ AMBIGUOUS_CREATE = "AMBIGUOUS_CREATE"
 
 
 def resume_plan(entry: JournalEntry, ambiguous: AmbiguousCreate) -> Resume:
-    """How to run `entry` again: poll its task if it has one that may still be running; if
-    its createTask is ambiguous (or it failed for that before), fail or create again as
-    `ambiguous` decides (so under `FAIL` a rerun never pays for it again); else create."""
+    """How to run `entry` again: return the solution an earlier run got, sending nothing;
+    poll its task if it has one that may still be running; if its createTask is ambiguous
+    (or it failed for that before), fail or create again as `ambiguous` decides (so under
+    `FAIL` a rerun never pays for it again); else create."""
+    outcome = entry.outcome
+    if outcome is not None and outcome.get("state") == "ready":
+        solution = outcome.get("solution")
+        if isinstance(solution, dict):
+            return Resume(entry, entry.task_id, solution=solution)
     if entry.stage is Stage.CREATED and entry.task_id is not None:
         return Resume(entry, entry.task_id)
     if ambiguous is AmbiguousCreate.FAIL and (
