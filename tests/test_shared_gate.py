@@ -20,7 +20,6 @@ def synced(gate: SharedGate, now: float = 0.0, **changes: object) -> SharedGate:
         "pause_reason": "",
         "circuit_until": -math.inf,
         "circuit_reason": "",
-        "slot_limited": False,
         "paced": False,
     }
     state.update(changes)

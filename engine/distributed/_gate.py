@@ -55,9 +55,6 @@ class SharedView:
     pause_reason: str = ""
     circuit_until: float = -math.inf
     circuit_reason: str = ""
-    slot_limited: bool = False
-    """The account's slots are bounded (learned): createTasks need leased slots. Until then
-    they need slots too (so the shared count knows every live task), granted freely."""
     paced: bool = False
     """The account has a learned rate: every request needs a leased token."""
     slots: int = 0
@@ -75,11 +72,11 @@ class SharedView:
 @attrs.frozen
 class SharedEvent:
     """News for the other workers, which the sync task publishes: `kind` is `pause`,
-    `circuit`, `slot_refused`, `slot_accepted`, `rate_limited` or `accepted`; `until` the
-    end of a pause or circuit, `sent_at` when the refused request left (engine time)."""
+    `circuit`, `slot_refused`, `slot_accepted` or `rate_limited`; `until` the end of a
+    pause or circuit, `sent_at` when the refused request left (engine time). (Requests
+    answered are counted apart: `take_accepted`.)"""
 
     kind: str
-    at: float
     until: float = 0.0
     reason: str = ""
     sent_at: float = 0.0
@@ -151,7 +148,6 @@ class SharedGate:
         pause_reason: str,
         circuit_until: float,
         circuit_reason: str,
-        slot_limited: bool,
         paced: bool,
     ) -> None:
         """The shared state as just read (times in this worker's clock): adopt it, and wake
@@ -164,7 +160,7 @@ class SharedGate:
         )
         view.paused_until, view.pause_reason = max(paused_until, view.paused_until), pause_reason
         view.circuit_until, view.circuit_reason = circuit_until, circuit_reason
-        view.slot_limited, view.paced = slot_limited, paced
+        view.paced = paced
         if not paced:
             view.tokens = 0  # pacing ended: tokens are not needed
         view.synced_at = now
@@ -225,20 +221,20 @@ class SharedGate:
             self._accepted += 1
         if local.pause is not None and local.pause.until > pause_before:
             reason = failure.name if failure is not None else "paused"
-            self.events.append(SharedEvent("pause", now, until=local.pause.until, reason=reason))
+            self.events.append(SharedEvent("pause", until=local.pause.until, reason=reason))
         if local.circuit is not None and local.circuit.is_open and not circuit_before:
             reason = failure.name if failure is not None else "circuit open"
             until = now + self.circuit_seconds
-            self.events.append(SharedEvent("circuit", now, until=until, reason=reason))
+            self.events.append(SharedEvent("circuit", until=until, reason=reason))
         if failure is not None and failure.code == ErrorCode.RATE_LIMITED:
-            self.events.append(SharedEvent("rate_limited", now, sent_at=sent_at))
+            self.events.append(SharedEvent("rate_limited", sent_at=sent_at))
         if endpoint is not _CREATE:
             return
         if failure is None:
-            self.events.append(SharedEvent("slot_accepted", now))
+            self.events.append(SharedEvent("slot_accepted"))
             return
         if failure.code == ErrorCode.NO_SLOT_AVAILABLE:
-            self.events.append(SharedEvent("slot_refused", now, sent_at=sent_at))
+            self.events.append(SharedEvent("slot_refused", sent_at=sent_at))
             if job in self.slot_holders:
                 # The service is full: this slot is not there. Hand it back to the account
                 # rather than to the next job here, which would only be refused too.

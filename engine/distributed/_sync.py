@@ -123,7 +123,6 @@ class AccountSync:
             pause_reason=state.pause_reason,
             circuit_until=state.circuit_open_until + offset,
             circuit_reason=state.circuit_reason,
-            slot_limited=state.slot_limit is not None,
             paced=state.rate is not None,
         )
         return state
