@@ -137,7 +137,7 @@ def _lines(path: Path) -> int:
 
 def _creates(redis_url: str, namespace: str, results: Path) -> dict[int, int]:
     """createTasks sent per task id, from the Redis journal."""
-    from captchaflow.engine.cli._batch_redis import job_prefix
+    from captchaflow.engine.cli._batch_io import job_prefix
 
     prefix = job_prefix(str(results))
 
@@ -226,3 +226,27 @@ def test_a_redis_that_cannot_be_used_is_a_one_line_usage_error(
     assert done.code == 2
     errors = [line for line in done.err.splitlines() if line.startswith("captchaflow: error:")]
     assert len(errors) == 1 and "--redis: " in errors[0] and says in errors[0], done.err
+
+
+def test_the_queue_options_default_to_the_distributed_namespace() -> None:
+    """`--namespace` defaults to the distributed package's namespace (written twice, so
+    that `--help` does not load redis: this holds the two together)."""
+    from captchaflow.engine.cli._args import REDIS_NAMESPACE
+    from captchaflow.engine.distributed import DEFAULT_NAMESPACE
+
+    assert REDIS_NAMESPACE == DEFAULT_NAMESPACE
+
+
+def test_a_worker_refuses_an_idle_takeover_that_is_not_positive_seconds() -> None:
+    done = finish(start(["worker", "--redis", "redis://127.0.0.1:1/0", "--idle-takeover", "nan"]))
+    assert done.code == 2 and "argument --idle-takeover" in done.err, done.err
+
+
+@pytest.mark.parametrize("ident", [7, "7", "a/b", "ünï"])
+def test_a_batch_job_id_gives_back_the_task_id(ident: object) -> None:
+    """What `batch --redis` names a job, a worker reads the task's id back from: 7 and
+    "7" stay two ids, and a slash in an id is kept."""
+    from captchaflow.engine.cli._batch_io import Entry, batch_id_of, batch_job_id, job_prefix
+
+    entry = Entry(1, ident, task(1))  # type: ignore[arg-type]
+    assert batch_id_of(batch_job_id(job_prefix("results.jsonl"), entry)) == ident

@@ -100,6 +100,23 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+REDIS_NAMESPACE = "captchaflow"
+"""`--namespace`'s default: `captchaflow.engine.distributed.DEFAULT_NAMESPACE` (not imported
+from there: that package loads redis, and `--help` must not)."""
+
+
+def _add_queue_options(parser: argparse.ArgumentParser, *, when: str = "") -> None:
+    """Add `--namespace` and `--queue`, which name the Redis work queue; `batch --redis` and
+    its workers must agree on them, so both take them from here (`when`: a prefix of the
+    help, e.g. which option they go with)."""
+    parser.add_argument(
+        "--namespace",
+        default=REDIS_NAMESPACE,
+        help=f"{when}the prefix of every Redis key ({REDIS_NAMESPACE})",
+    )
+    parser.add_argument("--queue", default="default", help=f"{when}the queue's name (default)")
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)

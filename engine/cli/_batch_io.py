@@ -8,12 +8,15 @@ Nothing said about a bad line repeats what the line holds: it may hold a secret.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeAlias
 
 import attrs
 
+from captchaflow.engine import _errors
 from captchaflow.engine._errors import (
     CaptchaflowError,
     InvalidTaskError,
@@ -253,3 +256,70 @@ def result_of(ident: BatchId, job: Job) -> Result:
         state = job.state
     record = {"id": ident, "state": state, "error": _error_fields(error), **tail}
     return Result(state, error, _line(record, job))
+
+
+# -- `batch --redis` and its workers: how jobs are named and results travel -----------------
+
+
+def job_prefix(results_path: str) -> str:
+    """The job-id prefix of the batch writing `results_path` (a digest of its absolute
+    path: the same command again names the same jobs)."""
+    digest = hashlib.sha256(os.path.abspath(results_path).encode()).hexdigest()[:16]
+    return f"batch-{digest}"
+
+
+def batch_job_id(prefix: str, entry: Entry) -> str:
+    """The queue's job id of `entry` in the batch of `prefix`: `PREFIX/ID-JSON`."""
+    return f"{prefix}/{entry.key}"
+
+
+def batch_id_of(job_id: str) -> BatchId:
+    """The task's id in TASKS that `batch_job_id` put in `job_id` (the text after the
+    prefix, as is, if it is not an id's JSON)."""
+    _prefix, _, ident = job_id.partition("/")
+    try:
+        original = json.loads(ident)
+    except ValueError:
+        return ident
+    if not isinstance(original, str | int) or isinstance(original, bool):
+        return ident
+    return original
+
+
+def worker_record(job_id: str, job: Job) -> dict[str, JsonValue]:
+    """What a worker publishes for a finished job of `batch --redis`: the batch's result
+    line, its state, the requests the job took, and its error (name, class, code, message)
+    for the batch's summary and exit status. `result_from` reads it back."""
+    result = result_of(batch_id_of(job_id), job)
+    record: dict[str, JsonValue] = {
+        "line": result.line.decode(),
+        "state": result.state,
+        "requests": job.requests_sent,
+    }
+    if result.error is not None:
+        record["error_name"] = result.error.name
+        record["error_class"] = type(result.error).__name__
+        record["error_code"] = result.error.code
+        record["error_message"] = result.error.message
+    return record
+
+
+def result_from(record: Mapping[str, JsonValue]) -> tuple[Result, int] | None:
+    """The `Result` (and the requests it took) of a `worker_record`, or None if the record
+    is not one of a batch's."""
+    line, state = record.get("line"), record.get("state")
+    if not isinstance(line, str) or not isinstance(state, str):
+        return None
+    error: CaptchaflowError | None = None
+    name = record.get("error_name")
+    if isinstance(name, str):
+        kind = getattr(_errors, str(record.get("error_class")), None)
+        cls = kind if isinstance(kind, type) and issubclass(kind, CaptchaflowError) else None
+        code = record.get("error_code")
+        error = (cls or CaptchaflowError)(
+            str(record.get("error_message", "")),
+            name=name,
+            code=code if isinstance(code, int) else None,
+        )
+    requests = record.get("requests")
+    return Result(state, error, line.encode()), requests if isinstance(requests, int) else 0

@@ -11,59 +11,25 @@ once (nothing sent), and a failed one gets a new try, as a local batch does.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import anyio
 
-from captchaflow.engine import _errors
-from captchaflow.engine._errors import CaptchaflowError
 from captchaflow.engine.journal import Stage
-from captchaflow.transports import JsonValue
 
 from ._batch_files import Reader
-from ._batch_io import Entry, Result
+from ._batch_io import Entry, batch_job_id, job_prefix, result_from
 from ._batch_run import _Batch
 from ._progress import Display, keep_showing
 
 if TYPE_CHECKING:
     from captchaflow.engine.distributed import RedisJournal, WorkQueue
 
-__all__ = ["RedisBatch", "job_prefix"]
+__all__ = ["RedisBatch"]
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def job_prefix(results_path: str) -> str:
-    """The job-id prefix of the batch writing `results_path`."""
-    digest = hashlib.sha256(os.path.abspath(results_path).encode()).hexdigest()[:16]
-    return f"batch-{digest}"
-
-
-def result_from(record: Mapping[str, JsonValue]) -> tuple[Result, int] | None:
-    """The `Result` (and the requests it took) a worker published, or None if the record is
-    not one of a batch's."""
-    line, state = record.get("line"), record.get("state")
-    if not isinstance(line, str) or not isinstance(state, str):
-        return None
-    error: CaptchaflowError | None = None
-    name = record.get("error_name")
-    if isinstance(name, str):
-        kind = getattr(_errors, str(record.get("error_class")), None)
-        cls = kind if isinstance(kind, type) and issubclass(kind, CaptchaflowError) else None
-        code = record.get("error_code")
-        error = (cls or CaptchaflowError)(
-            str(record.get("error_message", "")),
-            name=name,
-            code=code if isinstance(code, int) else None,
-        )
-    requests = record.get("requests")
-    return Result(state, error, line.encode()), requests if isinstance(requests, int) else 0
 
 
 class RedisBatch(_Batch):
@@ -112,7 +78,7 @@ class RedisBatch(_Batch):
         waiting: set[str],
     ) -> None:
         """Queue `entry` unless the journal shows it in flight; wait for its result."""
-        job_id = f"{prefix}/{entry.key}"
+        job_id = batch_job_id(prefix, entry)
         known = await journal.get(job_id)
         waiting.add(job_id)
         if known is None or known.stage is Stage.FINISHED:
@@ -134,12 +100,3 @@ class RedisBatch(_Batch):
                 self._write(result, requests)
                 if self.write_error is not None:
                     return
-
-    def _write(self, result: Result, requests: int) -> None:
-        try:
-            self._results.write(result.line)
-        except OSError as exc:
-            self.write_error = exc
-            return
-        self.tally.add(result, requests)
-        self.tally.started = min(self.tally.started, time.monotonic())

@@ -33,7 +33,7 @@ from ._batch_files import (
     refuse_same_file,
     resumed_from,
 )
-from ._batch_io import BadLine, Entry, Intake, Resumed, result_of
+from ._batch_io import BadLine, Entry, Intake, Result, Resumed, result_of
 from ._batch_tally import Tally
 from ._cmd_batch import journal_path
 from ._cmd_solve import _warn_unresolved_host
@@ -159,11 +159,14 @@ class _Batch:
             self._scope.cancel()
 
     def _record(self, entry: Entry, job: Job) -> None:
-        """Append finished `job`'s record to RESULTS and count it; if it cannot be written,
-        stop the batch (what is solved then would be paid for and lost)."""
+        """Write finished `job`'s record (see `_write`)."""
+        self._write(result_of(entry.id, job), job.requests_sent)
+
+    def _write(self, result: Result, requests: int) -> None:
+        """Append `result` to RESULTS and count it (it took `requests`); if it cannot be
+        written, stop the batch (what is solved then would be paid for and lost)."""
         if self.write_error is not None:
             return
-        result = result_of(entry.id, job)
         try:
             self._results.write(result.line)
         except OSError as exc:
@@ -171,7 +174,7 @@ class _Batch:
             if self._scope is not None:
                 self._scope.cancel()
             return
-        self.tally.add(result, job.requests_sent)
+        self.tally.add(result, requests)
 
 
 def run_batch(args: argparse.Namespace) -> int:

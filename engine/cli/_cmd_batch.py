@@ -11,7 +11,7 @@ import argparse
 from captchaflow.engine.journal import AmbiguousCreate
 
 from ._account import _add_account_options
-from ._args import _Commands, _task_count
+from ._args import _add_queue_options, _Commands, _task_count
 from ._batch_io import MAX_LINE_BYTES
 from ._inputs import _size
 
@@ -76,10 +76,7 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
         help="queue the tasks on this Redis for `captchaflow worker`s to solve, and collect "
         "their results (the workers' own options set the account's URL and deadline)",
     )
-    parser.add_argument(
-        "--namespace", default="captchaflow", help="with --redis: the keys' prefix (captchaflow)"
-    )
-    parser.add_argument("--queue", default="default", help="with --redis: the queue (default)")
+    _add_queue_options(parser, when="with --redis: ")
     _add_account_options(parser, timeout_is="each task's deadline")
     return parser
 

@@ -4,14 +4,10 @@ journal and queue with every other worker on the same Redis (the `redis` extra).
 from __future__ import annotations
 
 import argparse
-import json
-
-from captchaflow.engine._job import Job
-from captchaflow.transports import JsonValue
 
 from ._account import _account, _add_account_options
-from ._args import UsageError, _Commands, _task_count
-from ._batch_io import result_of
+from ._args import UsageError, _add_queue_options, _Commands, _positive_seconds, _task_count
+from ._batch_io import worker_record
 
 DEFAULT_WORKER_CONCURRENCY = 50
 
@@ -38,13 +34,10 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
         help=f"tasks in flight at most ({DEFAULT_WORKER_CONCURRENCY})",
     )
     parser.add_argument("--name", help="this worker's name in the queue (default: host-pid)")
-    parser.add_argument(
-        "--namespace", default="captchaflow", help="prefix of every Redis key (captchaflow)"
-    )
-    parser.add_argument("--queue", default="default", help="the queue's name (default)")
+    _add_queue_options(parser)
     parser.add_argument(
         "--idle-takeover",
-        type=float,
+        type=_positive_seconds,
         default=30.0,
         metavar="S",
         help="take over a task another worker left untouched this long (30)",
@@ -57,31 +50,6 @@ def register(commands: _Commands) -> argparse.ArgumentParser:
     )
     _add_account_options(parser, timeout_is="each task's deadline")
     return parser
-
-
-def batch_record(job_id: str, job: Job) -> dict[str, JsonValue]:
-    """What a worker publishes for a finished job of `batch --redis` (whose job ids are
-    `PREFIX/ID-JSON`): the batch's result line, its state, the requests the job took, and
-    its error (name, class, code, message) for the batch's summary and exit status."""
-    _prefix, _, ident = job_id.partition("/")
-    try:
-        original = json.loads(ident)
-    except ValueError:
-        original = ident
-    if not isinstance(original, str | int) or isinstance(original, bool):
-        original = ident
-    result = result_of(original, job)
-    record: dict[str, JsonValue] = {
-        "line": result.line.decode(),
-        "state": result.state,
-        "requests": job.requests_sent,
-    }
-    if result.error is not None:
-        record["error_name"] = result.error.name
-        record["error_class"] = type(result.error).__name__
-        record["error_code"] = result.error.code
-        record["error_message"] = result.error.message
-    return record
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 runtime.queue,
                 consumer=runtime.worker,
                 concurrency=args.concurrency,
-                record=batch_record,
+                record=worker_record,
             )
             await worker.run()
 
