@@ -239,6 +239,7 @@ class Job:
     __slots__ = (
         "_accepted_at",
         "_awaiting",
+        "_create_by",
         "_held_at",
         "_hold_reason",
         "_holds_at_one_time",
@@ -298,6 +299,7 @@ class Job:
         self.last_failure: Failure | None = None
         self._awaiting: Endpoint | None = None
         self._next_at = now
+        self._create_by = self.deadline
         self._previous_delay: float | None = None
         self._sent_at = now
         self._accepted_at = now
@@ -377,7 +379,10 @@ class Job:
                 if self._held(decision, now) or self._stalled(decision, now):
                     return FINISHED
                 until = decision.until if isinstance(decision, Hold) else None
-                until = self.deadline if until is None else min(until, self.deadline)
+                # No later than the last moment a task could still pay off (then it fails,
+                # having paid nothing, instead of waiting on for its deadline).
+                latest = self.deadline if self.task_id is not None else self._create_by
+                until = latest if until is None else min(until, latest)
                 return Wait(max(until, now + MIN_WAIT))
             self._hold_reason = None
             self._stale_holds = 0
@@ -643,23 +648,60 @@ class Job:
             self._next_at = min(now + delay, self.deadline)
 
     def _too_late_to_create(self, now: float) -> bool:
-        """Fail the job, sending nothing, if a task created now could not be polled before
-        the deadline (it would be paid for and never seen): with its last failure if it has
-        one, else DEADLINE_EXCEEDED. Say whether it failed."""
+        """Fail the job, sending nothing, if a task created now would outlive the deadline
+        (paid for and never seen): if less time is left than the poll schedule's first
+        delay, or than a `TimingGate`'s expected task time. It fails with its last failure if
+        it has one, else DEADLINE_EXCEEDED. Say whether it failed; if not, remember the last
+        moment a task could still be created (`_create_by`)."""
         first_poll = self._poll_delay(1, now)
         if first_poll is None:
             return True
-        if now + first_poll <= self.deadline:
+        expected = self._expected_task_seconds(now)
+        if expected is _GATE_FAILED:
+            return True
+        needed, why = first_poll, "before a new task's first poll"
+        if isinstance(expected, float) and expected > needed:
+            needed, why = expected, "this account's tasks have lately taken to be solved"
+        self._create_by = self.deadline - needed
+        if now <= self._create_by:
             return False
         reason = (
-            f"{self.deadline - now:.4g}s left, less than the {first_poll:.4g}s before a new "
-            "task's first poll: no task was created (nothing was paid)"
+            f"{self.deadline - now:.4g}s left, less than the {needed:.4g}s {why}: no task "
+            "was created (nothing was paid)"
         )
+        if self._hold_reason is not None:
+            reason += f"; it was held by the account gate ({self._hold_reason})"
         if self.last_failure is not None:  # the failure that kept it from creating sooner
             self._fail(self.last_failure, now, reason)
         else:
             self._fail_deadline(now, reason)
         return True
+
+    def _expected_task_seconds(self, now: float) -> object:
+        """A `TimingGate`'s expected task time, checked: a float, None (no gate, not a
+        timing one, or it does not know yet), or `_GATE_FAILED` (the job failed with
+        `PolicyError` naming the gate: it raised or answered garbage)."""
+        # getattr rather than isinstance(gate, TimingGate): far cheaper than a runtime
+        # Protocol check, and the same answer for any gate whose method is a method.
+        ask = getattr(self.gate, "expected_task_seconds", None)
+        if not callable(ask):
+            return None
+        gate = type(self.gate).__name__
+        try:
+            answer = ask()
+        except Exception as exc:
+            self._fail_policy(now, f"gate {gate}.expected_task_seconds raised {exc!r}")
+            return _GATE_FAILED
+        if answer is None:
+            return None
+        if not _is_seconds(answer) or not (0 <= answer < math.inf):
+            self._fail_policy(
+                now,
+                f"gate {gate}.expected_task_seconds answered {answer!r}: it must be None or "
+                "a finite number of seconds >= 0",
+            )
+            return _GATE_FAILED
+        return float(answer)
 
     def _on_failure(self, failure: Failure, now: float) -> None:
         self.attempt += 1

@@ -18,6 +18,8 @@ from ._gate import (
     RetryBudget,
     SharedPause,
     StartupWindow,
+    TaskDurations,
+    TimingGate,
 )
 from ._poll import MIN_POLL_DELAY, AdaptivePoll, FixedInterval, LearningPollSchedule, PollSchedule
 from ._retry import (
@@ -78,5 +80,7 @@ __all__ = [
     "RetryPolicy",
     "SharedPause",
     "StartupWindow",
+    "TaskDurations",
+    "TimingGate",
     "bucket_of_code",
 ]

@@ -30,6 +30,8 @@ from captchaflow.policies import (
     RetryBudget,
     SharedPause,
     StartupWindow,
+    TaskDurations,
+    TimingGate,
     bucket_of_code,
 )
 from captchaflow.transports import Endpoint
@@ -1401,3 +1403,62 @@ def test_startup_window_never_fails_a_job_with_a_short_deadline() -> None:
     for _ in range(40):
         simulation.submit({"type": "t"}, at=0.0, timeout=1.5)
     assert simulation.run().states() == {"ready": 40}
+
+
+# -- task durations ------------------------------------------------------------------------
+
+
+def test_task_durations_know_nothing_until_min_samples_then_give_the_quantile() -> None:
+    durations = TaskDurations(quantile=0.9, min_samples=10)
+    for job in range(9):
+        durations.start(job, 0.0)
+        durations.finish(job, float(job + 1))
+    assert durations.estimate() is None  # nine samples: not enough
+    durations.start(9, 0.0)
+    durations.finish(9, 10.0)
+    assert durations.estimate() == 10.0  # the 0.9 quantile of 1..10 s
+
+
+def test_task_durations_count_only_jobs_whose_task_was_accepted() -> None:
+    durations = TaskDurations(min_samples=1)
+    durations.finish("never-created", 50.0)
+    assert durations.estimate() is None
+    durations.start("created", 10.0)
+    durations.start("created", 12.0)  # a second acceptance (a resubmit) keeps the first
+    durations.finish("created", 18.0)
+    assert durations.estimate() == 8.0
+    assert durations.started == {}
+
+
+def test_task_durations_remember_the_last_memory_tasks_and_follow_a_change() -> None:
+    """Memory is bounded, and once the tasks change the estimate follows within a refresh
+    (memory / 16 new durations)."""
+    durations = TaskDurations(quantile=0.5, memory=32, min_samples=4)
+    for job in range(32):
+        durations.start(job, 0.0)
+        durations.finish(job, 5.0)
+    assert durations.estimate() == 5.0
+    for job in range(32, 64):
+        durations.start(job, 0.0)
+        durations.finish(job, 30.0)
+    assert len(durations.recent) == 32
+    assert durations.estimate() == 30.0
+
+
+@pytest.mark.parametrize("quantile", [-0.1, 1.5, math.nan])
+def test_task_durations_refuse_a_quantile_outside_zero_to_one(quantile: float) -> None:
+    with pytest.raises(ValueError, match="quantile"):
+        TaskDurations(quantile=quantile)
+
+
+def test_fleet_gate_times_tasks_from_acceptance_to_release() -> None:
+    gate = FleetGate(durations=TaskDurations(min_samples=2, quantile=1.0))
+    assert isinstance(gate, TimingGate)
+    assert gate.expected_task_seconds() is None
+    for job, (accepted, ended) in enumerate([(1.0, 9.0), (2.0, 14.0)]):
+        gate.register(job, 0.0)
+        gate.observe(job, CREATE, failure(2), sent_at=0.0, now=0.5)  # refused: not a task
+        gate.observe(job, CREATE, None, sent_at=accepted - 0.1, now=accepted)
+        gate.release(job, ended)
+    assert gate.expected_task_seconds() == 12.0
+    assert FleetGate(durations=None).expected_task_seconds() is None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import pathlib
+import random
 from collections.abc import Callable
 
 import attrs
@@ -32,6 +34,7 @@ from captchaflow.engine import (
     Processing,
     RetriesExhaustedError,
     Send,
+    Simulation,
     Solved,
     TaskState,
     UnknownCodeError,
@@ -56,8 +59,10 @@ from captchaflow.policies import (
     RetryAfter,
     RetryContext,
     RetryPolicy,
+    TaskDurations,
 )
 from captchaflow.transports import ApiKey, ApiReply, Endpoint, NotSent
+from captchaflow.transports.sim import AccountSpec, Scenario, SimulatedAPI, TaskTypeSpec
 
 KEY = ApiKey("sk-job-test-SECRET")
 TASK = {"type": "ImageToTextTask", "body": "aGVsbG8="}
@@ -723,16 +728,121 @@ def test_feed_reply_returns_the_jobs_the_gate_wakes() -> None:
     assert isinstance(second.next_action(2.2), Send)
 
 
-def test_a_gated_job_never_woken_says_so_at_its_deadline() -> None:
-    """A driver that ignores the gate's wake-ups does not lose the job silently: it fails at
-    its deadline saying it was still held by the gate, and why."""
+def test_a_gated_job_never_woken_says_so_when_its_last_chance_to_create_passes() -> None:
+    """A driver that ignores the gate's wake-ups does not lose the job silently: it wakes at
+    the last moment a task could still be polled before its deadline (the deadline less
+    the first poll's delay) and fails then, saying it was held by the gate, and why."""
     first, second = two_jobs_one_slot(timeout=30.0)
     send(first, 0.0)
     held = second.next_action(0.0)
-    assert isinstance(held, Wait) and held.until == 30.0  # no time of its own: the deadline
+    assert isinstance(held, Wait) and held.until == 28.0  # 30 s deadline - the 2-s first poll
     first.feed_reply(ApiReply.json({"taskId": 1}), 0.1)
     send(first, 2.1)
     first.feed_reply(ApiReply.json({"status": "ready", "solution": {"t": 1}}), 2.2)  # ignored
-    assert second.next_action(30.0) == Finished()
+    assert second.next_action(28.0 + 1e-6) == Finished()
     assert isinstance(second.error, DeadlineExceededError)
-    assert "still held by the account gate (waiting for a task slot)" in second.error.reason
+    assert second.requests_sent == 0
+    assert "held by the account gate (waiting for a task slot)" in second.error.reason
+
+
+# -- a gate that knows how long tasks take -------------------------------------------------
+
+
+class ExpectingGate(FleetGate):
+    """A `FleetGate` (no start-up window) whose expected task time is fixed by the test."""
+
+    def __init__(self, expected: object, **parts: object) -> None:
+        super().__init__(startup=None, **parts)  # type: ignore[arg-type]
+        self.expected = expected
+
+    def expected_task_seconds(self) -> float | None:
+        if isinstance(self.expected, Exception):
+            raise self.expected
+        return self.expected  # type: ignore[return-value]
+
+
+def gated_job(gate: FleetGate, timeout: float = 30.0, now: float = 0.0) -> Job:
+    return Job(
+        TASK,
+        key=KEY,
+        policy=DocumentedPolicy(),
+        schedule=FixedInterval(),
+        now=now,
+        timeout=timeout,
+        gate=gate,
+    )
+
+
+def test_a_job_creates_no_task_it_could_not_see_solved_before_its_deadline() -> None:
+    """With less time left than the gate expects a task to take, nothing is sent (nothing
+    is paid): the job fails at once, saying why."""
+    job = gated_job(ExpectingGate(40.0), timeout=30.0)
+    assert job.next_action(0.0) == Finished()
+    assert job.requests_sent == 0
+    assert isinstance(job.error, DeadlineExceededError)
+    assert "lately taken to be solved" in job.error.reason
+    enough = gated_job(ExpectingGate(20.0), timeout=30.0)
+    assert isinstance(enough.next_action(0.0), Send)
+
+
+def test_a_job_waiting_for_a_slot_gives_up_when_a_task_could_no_longer_pay_off() -> None:
+    """Held for a task slot, a job wakes at deadline - expected task time (not at its
+    deadline) and fails then, having sent nothing."""
+    gate = ExpectingGate(12.0, concurrency=AdaptiveConcurrency(limit=1.0))
+    first, second = gated_job(gate), gated_job(gate)
+    assert isinstance(first.next_action(0.0), Send)
+    held = second.next_action(0.0)
+    assert held == Wait(18.0)
+    assert second.next_action(18.5) == Finished()
+    assert second.requests_sent == 0 and isinstance(second.error, DeadlineExceededError)
+
+
+def test_a_job_with_a_task_polls_to_its_deadline_whatever_the_gate_expects() -> None:
+    gate = ExpectingGate(100.0)
+    job = gated_job(gate, timeout=300.0)
+    send(job, 0.0)
+    job.feed_reply(ApiReply.json({"taskId": 7}), 0.1)
+    gate.expected = 1_000.0
+    assert isinstance(job.next_action(2.1), Send)  # a paid task is never abandoned early
+
+
+@pytest.mark.parametrize("answer", [math.nan, -1.0, math.inf, "5", True, [3], RuntimeError("boom")])
+def test_a_timing_gate_answering_garbage_fails_the_job_naming_it(answer: object) -> None:
+    job = gated_job(ExpectingGate(answer))
+    assert job.next_action(0.0) == Finished()
+    assert isinstance(job.error, PolicyError) and job.requests_sent == 0
+    assert "ExpectingGate.expected_task_seconds" in str(job.error)
+
+
+def test_the_default_gate_learns_task_times_and_stops_creating_hopeless_tasks() -> None:
+    """Outcome on a starved account (5 slots for 10 tasks a second of 8-s solves, 30-s
+    timeout): learning task times pays for fewer tasks that are never delivered than the
+    same gate without it, and solves at least as many."""
+    outcomes = {}
+    for name, durations in (("timed", TaskDurations()), ("untimed", None)):
+        api = SimulatedAPI(
+            Scenario(
+                accounts=(AccountSpec(key=KEY.reveal(), slots=5),),
+                default_task=TaskTypeSpec(solve_seconds=8.0, solve_spread=3.0),
+                latency=0.05,
+            ),
+            seed=3,
+            keep_log=False,
+        )
+        simulation = Simulation(
+            api,
+            key=KEY.reveal(),
+            timeout=30.0,
+            gate=FleetGate(rng=random.Random(3), durations=durations),
+        )
+        for index in range(300):
+            simulation.submit(TASK, at=index / 10)
+        report = simulation.run()
+        ready = report.states()["ready"]
+        outcomes[name] = (ready, api.stats.tasks_created - ready)
+    (timed_ready, timed_lost), (untimed_ready, untimed_lost) = (
+        outcomes["timed"],
+        outcomes["untimed"],
+    )
+    assert timed_ready >= untimed_ready
+    assert timed_lost < untimed_lost / 2, outcomes

@@ -7,7 +7,16 @@ import math
 
 from captchaflow.engine import Simulation
 from captchaflow.engine.distributed._gate import SharedGate
-from captchaflow.policies import Admit, Bucket, Failure, FleetGate, Hold, Refuse
+from captchaflow.policies import (
+    Admit,
+    Bucket,
+    Failure,
+    FleetGate,
+    Hold,
+    Refuse,
+    TaskDurations,
+    TimingGate,
+)
 from captchaflow.transports import Endpoint, ErrorCode
 from captchaflow.transports.sim import AccountSpec, Scenario, SimulatedAPI
 
@@ -140,3 +149,14 @@ def test_a_simulation_whose_view_never_gets_a_lease_ends() -> None:
     report = simulation.run()
     assert report.states() == {"failed": 20}
     assert sum(api.stats.requests.values()) == 0
+
+
+def test_a_worker_gate_expects_what_its_local_gate_learned_of_task_times() -> None:
+    gate = synced(SharedGate(local=FleetGate(durations=TaskDurations(min_samples=1))))
+    assert isinstance(gate, TimingGate) and gate.expected_task_seconds() is None
+    gate.register("a", 0)
+    gate.leased(slots=1)
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
+    gate.observe("a", CREATE, None, sent_at=0, now=0.5)
+    gate.release("a", 9.5)
+    assert gate.expected_task_seconds() == 9.0

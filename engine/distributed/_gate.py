@@ -249,6 +249,10 @@ class SharedGate:
         self.waiting_slot.pop(job, None)
         self.waiting_token.pop(job, None)
 
+    def expected_task_seconds(self) -> float | None:
+        """What the local gate learned of this worker's tasks (see `TimingGate`)."""
+        return self.local.expected_task_seconds()
+
     def wakeups(self) -> list[Hashable]:
         woken = self.local.wakeups()
         if self._wake:
