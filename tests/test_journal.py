@@ -29,7 +29,7 @@ from captchaflow.engine.journal import (
     Stage,
     resume_plan,
 )
-from captchaflow.policies import OpenGate
+from captchaflow.policies import Hold, OpenGate
 from captchaflow.transports import (
     ApiReply,
     ApiRequest,
@@ -403,6 +403,30 @@ async def test_a_job_cancelled_with_a_live_task_stays_resumable(journal: Journal
         await engine.run_recorded("a", TASK)
     entry = await journal.get("a")
     assert entry is not None and entry.stage is Stage.CREATED and entry.task_id == 3
+
+
+@pytest.mark.anyio
+async def test_a_job_cancelled_before_it_sent_anything_is_not_journalled_as_over(
+    journal: Journal,
+) -> None:
+    """A job cancelled while it waited (nothing sent) leaves its entry NEW, not finished
+    `cancelled`: a worker told to stop because another took its work over must not write
+    over what the new owner records, and a rerun creates it."""
+
+    class Holding(OpenGate):
+        def admit(self, job: object, endpoint: Endpoint, *, retry: bool, now: float) -> Hold:
+            return Hold(None, "held by the test")
+
+    api = Counting(READY)
+    engine = Engine("k" * 12, transport=HandlerTransport(api), journal=journal, gate=Holding())
+    started: list[Job] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(lambda: engine.run_recorded("a", TASK, started=started.append))
+        await anyio.sleep(0.05)
+        group.cancel_scope.cancel()
+    assert started[0].state == "cancelled" and sum(api.calls.values()) == 0
+    entry = await journal.get("a")
+    assert entry is not None and entry.stage is Stage.NEW and entry.outcome is None
 
 
 @pytest.mark.anyio

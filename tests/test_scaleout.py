@@ -185,6 +185,62 @@ async def test_redis_going_away_mid_run_stops_no_job_in_flight(
         server.close()
 
 
+@pytest.mark.anyio
+async def test_a_worker_stops_a_job_another_worker_took_over_and_publishes_nothing(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """A worker presumed dead (here: its item claimed by another consumer while it still
+    runs it) learns so at its next touch: it stops the job, publishes and acks nothing, and
+    the new owner finishes it from the journal, polling the task already created: billed
+    once, one result."""
+    api = BillingAPI(scenario(solve=3.0, spread=0.0))
+    options = {"namespace": redis_namespace, "timeout": 60.0, "idle_takeover": 0.6}
+    with simulator_in_thread(api) as server:
+        async with (
+            shared_engine(redis_url, KEY, worker="a", base_url=server.base_url, **options) as a,  # type: ignore[arg-type]
+            shared_engine(redis_url, KEY, worker="b", base_url=server.base_url, **options) as b,  # type: ignore[arg-type]
+            anyio.create_task_group() as group,
+        ):
+            await a.queue.enqueue("job-0", task(0))
+            first = Worker(a.engine, a.queue, consumer="a", concurrency=1)
+            stop_a = anyio.Event()
+            group.start_soon(lambda: first.run(stop=stop_a))
+            journal = a.engine.journal
+            assert journal is not None
+
+            async def created() -> bool:
+                entry = await journal.get("job-0")
+                return entry is not None and entry.task_id is not None
+
+            with anyio.fail_after(30):
+                while not await created():  # noqa: ASYNC110 (polling Redis: no event)
+                    await anyio.sleep(0.02)
+            (item,) = first.running.values()
+            await a.queue.client.xclaim(  # another worker takes the item over
+                a.queue.tasks_key,
+                a.queue.group,
+                "b",
+                min_idle_time=0,
+                message_ids=[item.message_id],
+            )
+            await until(lambda: first.lost == 1 and not first.running, 10)
+            stop_a.set()  # else it may take the item back itself once "b" leaves it idle
+            second = Worker(b.engine, b.queue, consumer="b", concurrency=1)
+            stop_b = anyio.Event()
+            group.start_soon(lambda: second.run(stop=stop_b))
+            results: dict[str, object] = {}
+            after = "0"
+            with anyio.fail_after(30):
+                while not results:
+                    after, pairs = await a.queue.results(after, block=1.0)
+                    results.update(pairs)
+            await until(lambda: second.finished == 1, 10)
+            stop_b.set()
+    assert first.finished == 0 and first.lost == 1 and second.taken_over == 1
+    assert results["job-0"]["state"] == "ready"  # type: ignore[index]
+    assert api.billed[body(0)] == 1
+
+
 async def until(condition: Callable[[], bool], seconds: float) -> None:
     """Return once `condition()` holds; fail after `seconds`."""
     with anyio.fail_after(seconds):

@@ -9,6 +9,14 @@ between the two leaves the item to be taken over, and the journal answers the ne
 once with the recorded outcome (no request), which is published again (a collector keeps
 the last record per id).
 
+An item this worker still runs but no longer owns (another worker took it over, having
+presumed this one dead after the queue's idle timeout: a stall, a long pause) is reported
+lost by the next `touch`; its job is cancelled here at once and nothing is published or
+acknowledged for it: the new owner resumes it from the journal. A createTask in flight at
+that moment is let finish and its `taskId` journalled first (see `Engine.run_recorded`), so
+the new owner polls that task; only a createTask the new owner finds still in doubt is
+decided by the engine's `AmbiguousCreate` rule.
+
 Redis going away: jobs in flight go on (a createTask's `taskId` waits for the journal to be
 reachable before anything else is sent; polls go on), no new items are taken, and taking
 resumes when Redis is back.
@@ -63,8 +71,11 @@ class Worker:
         self.engine, self.queue, self.consumer = engine, queue, consumer
         self.concurrency, self.record, self.retry_every = concurrency, record, retry_every
         self.running: dict[str, WorkItem] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
         self.finished = 0
         self.taken_over = 0
+        self.lost = 0
+        """Jobs cancelled here because another worker took their item over."""
         self.redis_outages = 0
 
     async def run(self, *, stop: anyio.Event | None = None, max_jobs: int | None = None) -> None:
@@ -103,14 +114,26 @@ class Worker:
             return []
 
     async def _run_one(self, item: WorkItem, free: anyio.Semaphore) -> None:
+        scope = self._scopes[item.message_id] = anyio.CancelScope()
         try:
-            job = await self.engine.run_recorded(item.job_id, item.task)
+            with scope:
+                job = await self.engine.run_recorded(item.job_id, item.task)
+            if scope.cancelled_caught:  # taken over: the new owner publishes and acks it
+                self.lost += 1
+                _log.warning(
+                    "captchaflow: worker %s: job %s was taken over by another worker; "
+                    "stopped it here",
+                    self.consumer,
+                    item.job_id,
+                )
+                return
             record = self.record(item.job_id, job)
             await self._until_done(lambda: self.queue.publish_result(item.job_id, record))
             await self._until_done(lambda: self.queue.ack(item))
             self.finished += 1
         finally:
             self.running.pop(item.message_id, None)
+            self._scopes.pop(item.message_id, None)
             free.release()
 
     async def _until_done(self, call: Callable[[], Awaitable[object]]) -> None:
@@ -124,12 +147,18 @@ class Worker:
                 await anyio.sleep(self.retry_every)
 
     async def _keep_touching(self) -> None:
-        """Keep this worker's items from looking idle (taken over) while it runs them."""
+        """Keep this worker's items from looking idle (taken over) while it runs them, and
+        stop the jobs of those another worker took over all the same."""
         period = max(0.05, self.queue.idle_takeover / 3)
         while True:
             await anyio.sleep(period)
             if self.running:
                 try:
-                    await self.queue.touch(self.consumer, list(self.running.values()))
+                    lost = await self.queue.touch(self.consumer, list(self.running.values()))
                 except RedisUnavailableError:
                     self.redis_outages += 1
+                    continue
+                for item in lost:
+                    scope = self._scopes.get(item.message_id)
+                    if scope is not None:  # None: it ended (and was acked) meanwhile
+                        scope.cancel()

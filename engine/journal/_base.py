@@ -318,16 +318,9 @@ class JobRecorder:
             await self.journal.not_created(self.job_id)
 
     async def at_end(self, job: Job) -> None:
-        """Record a finished job's outcome, unless it was cancelled with a task that still
-        runs or a createTask in doubt: that one a restart resumes (polls, or decides on)."""
-        if not job.finished:
-            return
-        if job.state == TaskState.CANCELLED.value and (
-            job.task_id is not None or (await self._stage()) is Stage.SENDING
-        ):
-            return
-        await self.journal.finished(self.job_id, outcome_of(job))
-
-    async def _stage(self) -> Stage | None:
-        entry = await self.journal.get(self.job_id)
-        return None if entry is None else entry.stage
+        """Record a finished job's outcome, unless it was cancelled: a cancelled job is
+        not over for the journal (a restart, or the worker that took its work over, resumes
+        it: polls its task, decides on a createTask in doubt, or creates one), and a
+        worker that was told to stop must not overwrite what the job's new owner records."""
+        if job.finished and job.state != TaskState.CANCELLED.value:
+            await self.journal.finished(self.job_id, outcome_of(job))
