@@ -29,6 +29,7 @@ step between any two of its actions, and no driver can spin on it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -512,7 +513,22 @@ class Job:
         apply_trigger(self, trigger)
         self.history.append(Move(now, source, self.state, trigger, self.key.redact(cause)))
         if self.gate is not None and self.state in TERMINAL_STATES:
+            if self._task_may_run_on():
+                left_running = getattr(self.gate, "task_left_running", None)
+                if callable(left_running):
+                    # The job has ended: a gate that fails here cannot fail it, and must
+                    # not keep the gate from hearing of its end (`release`).
+                    with contextlib.suppress(Exception):
+                        left_running(self, now)
             self.gate.release(self, now)
+
+    def _task_may_run_on(self) -> bool:
+        """Whether the job ends with a task the service may still be solving: it has one,
+        was not found solved, and no API error code said the task was over (it gave up at
+        its deadline, was cancelled, or its polls got no answer)."""
+        if self.task_id is None or self.state == TaskState.READY.value:
+            return False
+        return self.last_failure is None or self.last_failure.code is None
 
     def _before_first_request(self, what: str) -> None:
         """Raise `JobStateError` unless the job has not moved or sent anything yet."""
@@ -650,7 +666,8 @@ class Job:
     def _too_late_to_create(self, now: float) -> bool:
         """Fail the job, sending nothing, if a task created now would outlive the deadline
         (paid for and never seen): if less time is left than the poll schedule's first
-        delay, or than a `TimingGate`'s expected task time. It fails with its last failure if
+        delay, or than a `TimingGate`'s expected task time when that is at most half the
+        job's timeout. It fails with its last failure if
         it has one, else DEADLINE_EXCEEDED. Say whether it failed; if not, remember the last
         moment a task could still be created (`_create_by`)."""
         first_poll = self._poll_delay(1, now)
@@ -660,7 +677,10 @@ class Job:
         if expected is _GATE_FAILED:
             return True
         needed, why = first_poll, "before a new task's first poll"
-        if isinstance(expected, float) and expected > needed:
+        # Only where the tasks fit the job's timeout twice over: where they need most of it,
+        # a task created late is no worse a bet than one created on time.
+        timeout = self.deadline - self.started_at
+        if isinstance(expected, float) and needed < expected <= timeout / 2:
             needed, why = expected, "this account's tasks have lately taken to be solved"
         self._create_by = self.deadline - needed
         if now <= self._create_by:

@@ -34,8 +34,9 @@ from per-request noise, and acts on noise only with evidence:
   start-up burst meets the account's limits a few requests at a time;
 - `RetryBudget` (off by default): retries may use at most a share of the traffic;
 - `TaskDurations`: learns how long this account's tasks take, from acceptance to the end of
-  their job; a job asks (`expected_task_seconds`) before it creates a task, and creates none
-  it could not see solved before its deadline (it would be paid for and lost).
+  their job; once slots are scarce, a job asks (`expected_task_seconds`) before it creates a
+  task, and creates none it would probably not see solved before its deadline (it would be
+  paid for and lost, and hold a slot a job with more time could use).
 
 Every part is inert until its signal arrives, so on a healthy account the default gate sends
 what `OpenGate` sends (a start-up burst beyond 32 requests waits one round trip).
@@ -173,6 +174,12 @@ class TimingGate(AccountGate, Protocol):
         """The seconds a task created now needs, from its acceptance until its job sees it
         solved, that a job should count on; None while unknown. Must be a finite number of
         seconds >= 0 or None (anything else fails the asking job with `PolicyError`)."""
+        ...
+
+    def task_left_running(self, job: Hashable, now: float) -> None:
+        """`job` ends now, before `release`, while its task may still be solving (it gave up
+        at its deadline or was cancelled while polling): the task still fills a slot of
+        the service for a while."""
         ...
 
 
@@ -558,14 +565,26 @@ class AdaptiveConcurrency:
     """Holders whose createTask is in flight (admitted, not yet answered)."""
     queue: collections.deque[Hashable] = attrs.field(factory=collections.deque)
     last_decrease: float = -math.inf
+    lingering: dict[Hashable, float] = attrs.field(factory=dict)
+    """Tasks whose job ended while they may still be solving (a job that gave up at its
+    deadline, or was cancelled), each with when it is expected to have finished: each
+    still fills a slot of the service until then, so it holds a permit and counts in what
+    filled the service (else the next refusal would teach a limit below the true one)."""
 
     def _room(self) -> float:
         return math.inf if self.limit is None else max(1, math.floor(self.limit))
 
-    def acquire(self, job: Hashable) -> Hold | None:
-        """Take a permit for `job`, or a hold until one frees (FIFO). A permit taken before
+    def _expire(self, now: float | None) -> None:
+        if self.lingering and now is not None:
+            for job in [job for job, until in self.lingering.items() if until <= now]:
+                del self.lingering[job]
+
+    def acquire(self, job: Hashable, now: float | None = None) -> Hold | None:
+        """Take a permit for `job`, or a hold until one frees (FIFO; until the first
+        lingering task is expected to end, if one holds a permit). A permit taken before
         the limit fell is given back while its task does not exist yet."""
-        room = self._room()
+        self._expire(now)
+        room = self._room() - len(self.lingering)
         if job in self.holders:
             if job in self.created or len(self.holders) <= room:
                 return None
@@ -577,19 +596,27 @@ class AdaptiveConcurrency:
             return None
         if job not in self.queue:
             self.queue.append(job)
-        return Hold(None, "waiting for a task slot")
+        until = min(self.lingering.values()) if self.lingering else None
+        return Hold(until, "waiting for a task slot")
 
-    def release(self, job: Hashable) -> list[Hashable]:
+    def release(self, job: Hashable, now: float | None = None) -> list[Hashable]:
         """Drop `job`'s permit and queue place; return the jobs that may now go."""
+        self._expire(now)
         self.holders.pop(job, None)
         self.created.pop(job, None)
         self.sending.pop(job, None)
         if job in self.queue:
             self.queue.remove(job)
-        free = self._room() - len(self.holders)
+        free = self._room() - len(self.holders) - len(self.lingering)
         if free <= 0 or not self.queue:
             return []
         return list(self.queue) if math.isinf(free) else list(self.queue)[: int(free)]
+
+    def linger(self, job: Hashable, until: float) -> None:
+        """`job`'s task may go on filling a slot until `until` though the job ends now (call
+        before `release`): it keeps a permit until then."""
+        if job in self.created:
+            self.lingering[job] = until
 
     def observe(
         self, job: Hashable, failure: Failure | None, *, sent_at: float, now: float
@@ -607,9 +634,11 @@ class AdaptiveConcurrency:
                 self.limit = min(self.max_limit, self.limit + self.increase)
             return []
         if failure.code == ErrorCode.NO_SLOT_AVAILABLE:
-            # The tasks that filled the service: those created, and those whose createTask is
-            # still in flight (the service may have made them already).
-            filled = len(self.created) + len(self.sending)
+            # The tasks that filled the service: those created, those whose createTask is
+            # still in flight (the service may have made them already), and those left
+            # solving by jobs that ended.
+            self._expire(now)
+            filled = len(self.created) + len(self.sending) + len(self.lingering)
             limit = self.limit
             if limit is None:
                 limit, self.last_decrease = float(filled), now
@@ -628,7 +657,7 @@ class AdaptiveConcurrency:
     def _revoke(self) -> list[Hashable]:
         """Take back the permits beyond the limit of jobs whose task does not exist yet
         (taken while the limit was higher); they queue again, first. Return them."""
-        room = self._room()
+        room = self._room() - len(self.lingering)
         if math.isinf(room) or len(self.holders) <= room:
             return []
         excess = len(self.holders) - int(room)
@@ -998,7 +1027,7 @@ class FleetGate:
             if held is not None:
                 return held
         if endpoint is _CREATE and self.concurrency is not None:
-            held = self.concurrency.acquire(job)
+            held = self.concurrency.acquire(job, now)
             if held is not None:
                 return held
         if self.rate is not None:
@@ -1060,7 +1089,7 @@ class FleetGate:
                     self.rate.forget(other)
                 self._wake.extend(self.rate.rewind(now))
             if failure is not None:
-                self._wake.extend(self.concurrency.release(job))
+                self._wake.extend(self.concurrency.release(job, now))
         if wake_all:
             self._wake.extend(self.live)
 
@@ -1070,7 +1099,7 @@ class FleetGate:
         if self.durations is not None:
             self.durations.finish(job, now)
         if self.concurrency is not None:
-            self._wake.extend(self.concurrency.release(job))
+            self._wake.extend(self.concurrency.release(job, now))
         if self.rate is not None:
             self.rate.forget(job)
         probe = self.pause is not None and self.pause.forget(job)
@@ -1078,10 +1107,30 @@ class FleetGate:
         if (self.breaker is not None and self.breaker.forget(job)) or probe:
             self._wake.extend(self.live)
 
+    def task_left_running(self, job: Hashable, now: float) -> None:
+        """`job` ends now (its `release` follows) while its task may still be solving: the
+        task keeps its slot (and permit) until `TaskDurations` expects it done (its
+        acceptance plus the estimate; without one, as long again as it has run)."""
+        if self.concurrency is None:
+            return
+        accepted = self.durations.started.get(job) if self.durations is not None else None
+        if accepted is None:
+            return
+        estimate = self.durations.estimate() if self.durations is not None else None
+        until = accepted + estimate if estimate is not None else now + (now - accepted)
+        if until > now:
+            self.concurrency.linger(job, until)
+
     def expected_task_seconds(self) -> float | None:
-        """What `TaskDurations` estimates (None without it, or until it knows); see
+        """What `TaskDurations` estimates, once task slots are scarce (the service said
+        NO_SLOT_AVAILABLE, so `AdaptiveConcurrency` bounds them): a job that gives up a task
+        it would probably not see solved leaves the slot to one that has more time. None
+        before that, without those parts, or until the estimate is known; see
         `TimingGate`."""
-        return self.durations.estimate() if self.durations is not None else None
+        slots = self.concurrency
+        if self.durations is None or slots is None or slots.limit is None:
+            return None
+        return self.durations.estimate()
 
     def wakeups(self) -> list[Hashable]:
         """Jobs to re-run now (each once, in order)."""

@@ -1451,14 +1451,81 @@ def test_task_durations_refuse_a_quantile_outside_zero_to_one(quantile: float) -
         TaskDurations(quantile=quantile)
 
 
-def test_fleet_gate_times_tasks_from_acceptance_to_release() -> None:
+def test_fleet_gate_times_tasks_from_acceptance_to_release_and_says_so_once_slots_are_scarce() -> (
+    None
+):
+    """The estimate is offered only once the service said NO_SLOT_AVAILABLE (slots bounded):
+    on an account with room, a job's chances are no business of the gate's."""
     gate = FleetGate(durations=TaskDurations(min_samples=2, quantile=1.0))
     assert isinstance(gate, TimingGate)
-    assert gate.expected_task_seconds() is None
     for job, (accepted, ended) in enumerate([(1.0, 9.0), (2.0, 14.0)]):
         gate.register(job, 0.0)
-        gate.observe(job, CREATE, failure(2), sent_at=0.0, now=0.5)  # refused: not a task
         gate.observe(job, CREATE, None, sent_at=accepted - 0.1, now=accepted)
         gate.release(job, ended)
+    assert gate.expected_task_seconds() is None  # known, but slots are not scarce
+    gate.register("refused", 15.0)
+    gate.observe("refused", CREATE, failure(2), sent_at=15.0, now=15.1)
+    assert gate.concurrency is not None and gate.concurrency.limit is not None
     assert gate.expected_task_seconds() == 12.0
     assert FleetGate(durations=None).expected_task_seconds() is None
+
+
+def test_a_task_left_running_keeps_its_slot_until_it_is_expected_done() -> None:
+    """A job that gives up while its task still solves leaves that task filling a slot: it
+    holds a permit until then, a job waiting is held until then (not forever), and a
+    refusal meanwhile counts it in what filled the service."""
+    slots = filled(["a", "b"], limit=2.0)
+    slots.linger("a", 10.0)
+    slots.release("a", 1.0)
+    held = slots.acquire("c", 2.0)
+    assert held == Hold(10.0, "waiting for a task slot")
+    assert slots.acquire("c", 10.0) is None  # expected done: its permit is free
+    refused = filled(["a", "b"], limit=2.0)
+    refused.linger("a", 10.0)
+    refused.release("a", 1.0)
+    refused.observe("d", failure(2), sent_at=2.0, now=2.1)
+    # The decrease (2 x 0.9), not a clamp to the one task the gate would otherwise count.
+    assert refused.limit == pytest.approx(1.8)
+
+
+def test_linger_ignores_jobs_without_a_task() -> None:
+    slots = AdaptiveConcurrency(limit=1.0)
+    assert slots.acquire("waiting") is None  # a permit, no task yet
+    slots.linger("waiting", 50.0)
+    slots.release("waiting", 1.0)
+    assert slots.acquire("next", 1.0) is None
+
+
+def test_fleet_gate_keeps_a_slot_for_a_task_its_job_left_running() -> None:
+    gate = FleetGate(startup=None, durations=TaskDurations(min_samples=1, quantile=1.0))
+    gate.register("done", 0.0)
+    gate.observe("done", CREATE, None, sent_at=0.0, now=0.1)
+    gate.release("done", 8.1)  # an 8-s task: the estimate
+    gate.register("gave-up", 10.0)
+    gate.observe("gave-up", CREATE, None, sent_at=10.0, now=10.1)
+    gate.task_left_running("gave-up", 12.0)
+    gate.release("gave-up", 12.0)
+    assert gate.concurrency is not None
+    assert gate.concurrency.lingering == {"gave-up": pytest.approx(18.1)}
+
+
+def test_on_a_starved_account_jobs_giving_up_do_not_teach_the_gate_fewer_slots() -> None:
+    """Outcome: 5 slots, 10 tasks a second, a 30-s timeout: many jobs give up with their
+    task still solving. Their tasks still fill slots; counted, the learned limit stays at
+    the account's 5 (uncounted, refusals taught it 1 or 2)."""
+    gate = FleetGate(rng=random.Random(3))
+    api = SimulatedAPI(
+        Scenario(
+            accounts=(AccountSpec(key="k" * 12, slots=5),),
+            default_task=TaskTypeSpec(solve_seconds=8.0, solve_spread=3.0),
+            latency=0.05,
+        ),
+        seed=3,
+        keep_log=False,
+    )
+    simulation = Simulation(api, key="k" * 12, timeout=30.0, gate=gate)
+    for index in range(300):
+        simulation.submit({"type": "ImageToTextTask", "body": "aGk="}, at=index / 10)
+    simulation.run()
+    assert gate.concurrency is not None and gate.concurrency.limit is not None
+    assert gate.concurrency.limit >= 5

@@ -776,13 +776,20 @@ def gated_job(gate: FleetGate, timeout: float = 30.0, now: float = 0.0) -> Job:
 def test_a_job_creates_no_task_it_could_not_see_solved_before_its_deadline() -> None:
     """With less time left than the gate expects a task to take, nothing is sent (nothing
     is paid): the job fails at once, saying why."""
-    job = gated_job(ExpectingGate(40.0), timeout=30.0)
-    assert job.next_action(0.0) == Finished()
-    assert job.requests_sent == 0
-    assert isinstance(job.error, DeadlineExceededError)
-    assert "lately taken to be solved" in job.error.reason
-    enough = gated_job(ExpectingGate(20.0), timeout=30.0)
-    assert isinstance(enough.next_action(0.0), Send)
+    late = gated_job(ExpectingGate(12.0), timeout=30.0)
+    assert late.next_action(19.0) == Finished()  # 11 s left
+    assert late.requests_sent == 0
+    assert isinstance(late.error, DeadlineExceededError)
+    assert "lately taken to be solved" in late.error.reason
+    in_time = gated_job(ExpectingGate(12.0), timeout=30.0)
+    assert isinstance(in_time.next_action(18.0), Send)  # 12 s left
+
+
+def test_an_expected_task_time_over_half_the_timeout_is_not_held_against_a_job() -> None:
+    """Where tasks need most of a job's timeout, a task created late is no worse a bet than
+    one created on time: the expectation is ignored (only the first poll must fit)."""
+    job = gated_job(ExpectingGate(20.0), timeout=30.0)
+    assert isinstance(job.next_action(19.0), Send)  # 11 s left, under the 20 s expected
 
 
 def test_a_job_waiting_for_a_slot_gives_up_when_a_task_could_no_longer_pay_off() -> None:
@@ -846,3 +853,46 @@ def test_the_default_gate_learns_task_times_and_stops_creating_hopeless_tasks() 
     )
     assert timed_ready >= untimed_ready
     assert timed_lost < untimed_lost / 2, outcomes
+
+
+class RecordingGate(FleetGate):
+    """A `FleetGate` (no start-up window) that records which jobs it was told left a task
+    running."""
+
+    def __init__(self) -> None:
+        super().__init__(startup=None)
+        self.left: list[object] = []
+
+    def task_left_running(self, job: object, now: float) -> None:
+        self.left.append(job)
+
+
+def polling_job(gate: FleetGate, timeout: float = 30.0) -> Job:
+    job = gated_job(gate, timeout=timeout)
+    send(job, 0.0)
+    job.feed_reply(ApiReply.json({"taskId": 5}), 0.1)
+    return job
+
+
+def test_a_job_ending_with_its_task_maybe_still_solving_tells_the_gate() -> None:
+    """At its deadline while polling, or cancelled while polling: the task may still fill a
+    slot. Solved, or ended by the API's word on the task (12: unsolvable), it does not."""
+    gate = RecordingGate()
+    timed_out = polling_job(gate, timeout=5.0)
+    assert timed_out.next_action(5.0) == Finished()
+    cancelled = polling_job(gate)
+    cancelled.cancel(1.0)
+    solved = polling_job(gate)
+    send(solved, 2.1)
+    solved.feed_reply(ApiReply.json({"status": "ready", "solution": {"t": 1}}), 2.2)
+    unsolvable = Job(
+        TASK, key=KEY, policy=NoRetry(), schedule=FixedInterval(), now=0.0, timeout=30.0, gate=gate
+    )
+    send(unsolvable, 0.0)
+    unsolvable.feed_reply(ApiReply.json({"taskId": 6}), 0.1)
+    send(unsolvable, 2.1)
+    unsolvable.feed_reply(ApiReply.json({"code": 12, "msg": "ERROR_CAPTCHA_UNSOLVABLE"}), 2.2)
+    never_created = gated_job(gate)
+    never_created.cancel(0.5)
+    assert unsolvable.state == "failed" and solved.state == "ready"
+    assert gate.left == [timed_out, cancelled]

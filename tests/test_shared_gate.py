@@ -8,6 +8,7 @@ import math
 from captchaflow.engine import Simulation
 from captchaflow.engine.distributed._gate import SharedGate
 from captchaflow.policies import (
+    AdaptiveConcurrency,
     Admit,
     Bucket,
     Failure,
@@ -152,7 +153,10 @@ def test_a_simulation_whose_view_never_gets_a_lease_ends() -> None:
 
 
 def test_a_worker_gate_expects_what_its_local_gate_learned_of_task_times() -> None:
-    gate = synced(SharedGate(local=FleetGate(durations=TaskDurations(min_samples=1))))
+    local = FleetGate(
+        durations=TaskDurations(min_samples=1), concurrency=AdaptiveConcurrency(limit=5.0)
+    )
+    gate = synced(SharedGate(local=local))
     assert isinstance(gate, TimingGate) and gate.expected_task_seconds() is None
     gate.register("a", 0)
     gate.leased(slots=1)

@@ -253,6 +253,11 @@ class SharedGate:
         """What the local gate learned of this worker's tasks (see `TimingGate`)."""
         return self.local.expected_task_seconds()
 
+    def task_left_running(self, job: Hashable, now: float) -> None:
+        """Tell the local gate (see `TimingGate`); the shared slot goes back when the job
+        is released, as before."""
+        self.local.task_left_running(job, now)
+
     def wakeups(self) -> list[Hashable]:
         woken = self.local.wakeups()
         if self._wake:
