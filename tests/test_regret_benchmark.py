@@ -70,6 +70,11 @@ def test_one_small_scenario_end_to_end(
     assert ratios.solved_vs_open is not None
     assert ratios.requests_vs_open is not None
     assert ratios.best_pool in {f"pool-{n}" for n in regret.POOLS}
+    # The summary's Z is against the pools the targets name; the line before, against all.
+    small = regret.ratios(case.name, rows, regret.SMALL_POOLS)
+    assert summary.split()[3] == f"worst_makespan_vs_best_pool={small.makespan_vs_best_pool:.3f}"
+    assert lines[-2].endswith(f"worst_makespan_vs_best_pool={ratios.makespan_vs_best_pool:.3f}")
+    assert small.best_pool in {f"pool-{n}" for n in regret.SMALL_POOLS}
 
 
 def test_ratios_follow_the_definitions(regret: ModuleType) -> None:
