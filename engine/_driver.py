@@ -18,10 +18,19 @@ from captchaflow.transports import (
 
 from ._balance import BalanceQuery
 from ._classify import Outcome, classify
-from ._clock import Clock
+from ._clock import Clock, SystemClock
 from ._fsm import Move
 from ._job import Finished, Job, Wait
-from .instrumentation import DEFAULT_HOOKS, Hook, emit, move_record, request_record
+from .instrumentation import (
+    DEFAULT_HOOKS,
+    Hook,
+    MoveRecord,
+    RequestRecord,
+    emit,
+    move_record,
+    request_record,
+)
+from .instrumentation._hooks import listening
 from .journal._base import JobRecorder
 
 __all__ = [
@@ -55,6 +64,8 @@ def report_moves(
 ) -> None:
     """Tell `on_move` and `hooks` about `moves`, new entries of `job`'s history, in order;
     `until`: when the job's next action is due (its `Wait`), if it waits."""
+    if hooks and not listening(hooks, MoveRecord):
+        hooks = ()
     if on_move is None and not hooks:
         return
     for move in moves:
@@ -71,14 +82,26 @@ class GateWaker:
     every step the driver hands the gate's `wakeups()` to `wake()`.
     """
 
-    __slots__ = ("_events",)
+    __slots__ = ("_alarms",)
 
     def __init__(self) -> None:
-        self._events: dict[int, anyio.Event] = {}
+        self._alarms: dict[int, Callable[[], object]] = {}
+        """What wakes each waiting job (by `id`)."""
 
     async def wait(self, job: Job, until: float, clock: Clock) -> None:
         """Return at `until` on `clock`, or as soon as `job` is woken."""
-        event = self._events[id(job)] = anyio.Event()
+        if type(clock) is SystemClock:
+            # The common case, made cheap: a plain sleep that a wake-up cancels. (A timeout
+            # around an event would deliver a cancellation at every wait's end.)
+            with anyio.CancelScope() as scope:
+                self._alarms[id(job)] = scope.cancel
+                try:
+                    await clock.sleep_until(until)
+                finally:
+                    self._alarms.pop(id(job), None)
+            return
+        event = anyio.Event()
+        self._alarms[id(job)] = event.set
         try:
             async with anyio.create_task_group() as group:
 
@@ -93,14 +116,14 @@ class GateWaker:
                 group.start_soon(timer)
                 group.start_soon(alarm)
         finally:
-            self._events.pop(id(job), None)
+            self._alarms.pop(id(job), None)
 
     def wake(self, jobs: Iterable[Hashable]) -> None:
         """Wake every job of `jobs` that is waiting."""
         for job in jobs:
-            event = self._events.get(id(job))
-            if event is not None:
-                event.set()
+            alarm = self._alarms.get(id(job))
+            if alarm is not None:
+                alarm()
 
 
 async def drive_job(
@@ -264,7 +287,7 @@ async def _exchange(
     else:
         outcome = classify(request.endpoint, reply, wall_time=clock.wall(), secret=caller.key)
         bug = ""
-    if hooks:
+    if hooks and listening(hooks, RequestRecord):
         emit(hooks, request_record(caller, request.endpoint, now, received, outcome), caller.key)
     return outcome, bug, received
 
@@ -274,9 +297,14 @@ async def _send(
 ) -> ApiReply | TransportError | TransportBug:
     """Send through `transport`, bounded by `timeout` (plus `SEND_GRACE`) of real time
     whatever the transport does; typed failures and wrapped network errors are outcomes,
-    anything else a bug of the transport."""
-    name = type(transport).__name__
+    anything else a bug of the transport. A transport whose own class declares
+    `SENDS_END_BY_TIMEOUT` (see `Transport`) bounds its sends itself and is not wrapped: the
+    wrapping scope is a tenth of the CPU the engine spends on a request."""
+    kind = type(transport)
+    name = kind.__name__
     try:
+        if kind.__dict__.get("SENDS_END_BY_TIMEOUT") is True:  # not a subclass's: it may hang
+            return await transport.send(request, timeout=timeout)
         with anyio.move_on_after(max(timeout, 0.0) + SEND_GRACE):
             return await transport.send(request, timeout=timeout)
         return SentNoReply(f"{name} did not answer within the deadline; the driver cut it off")

@@ -10,6 +10,7 @@ import logging
 import os
 
 import pytest
+import transport_kinds
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -30,6 +31,13 @@ pytest_plugins = ["secret_scan", "pytester", "redis_server"]
 
 SECRET_KEY = "sk-test-7f3c9a1e-DO-NOT-LEAK"
 """The API key most tests use; `secret_scan` fails any test whose output shows it."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before anyio_backend's own params are applied
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `transport_type` runs against every HTTP transport (see
+    `transport_kinds`)."""
+    transport_kinds.parametrize(metafunc)
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -27,17 +27,22 @@ from captchaflow.engine import (
     PolicyError,
     TaskState,
     VirtualClock,
+    _driver,
     drive_job,
     solve,
 )
 from captchaflow.engine._driver import SEND_GRACE
 from captchaflow.policies import DocumentedPolicy, FixedInterval, NoRetry, OpenGate
 from captchaflow.transports import (
+    AiohttpTransport,
+    ApiKey,
     ApiReply,
     ApiRequest,
     Endpoint,
     HandlerTransport,
+    HttpxTransport,
     NotSent,
+    SentNoReply,
 )
 
 TASK = {"type": "ImageToTextTask", "body": "aGk="}
@@ -159,6 +164,39 @@ async def test_a_hanging_transport_cannot_hold_a_job_past_its_deadline(secret_ke
     assert any("cut it off" in move.cause for move in job.history) or isinstance(
         job.error, NoReplyError | DeadlineExceededError
     )
+
+
+class ClaimsToEndByTimeout(HangingTransport):
+    """A hanging transport whose class says its sends end by their timeout."""
+
+    SENDS_END_BY_TIMEOUT = True
+
+
+class InheritsTheClaim(ClaimsToEndByTimeout):
+    """A subclass, which may have changed `send`: the claim is its parent's, not its own."""
+
+
+@pytest.mark.anyio
+async def test_the_driver_trusts_only_a_transport_class_s_own_claim(secret_key: str) -> None:
+    """A transport class that itself sets SENDS_END_BY_TIMEOUT is sent through without the
+    driver's cut-off (the HTTP transports do, to save its CPU); one that only inherits the
+    claim is still cut off SEND_GRACE after its timeout."""
+    request = ApiRequest.create_task(ApiKey(secret_key), TASK)
+    with anyio.move_on_after(SEND_GRACE + 1.0) as outer:
+        await _driver._send(ClaimsToEndByTimeout(), request, 0.1)
+    assert outer.cancelled_caught  # trusted: nothing but the test's own scope ended it
+    started = time.monotonic()
+    with anyio.fail_after(SEND_GRACE + 3.0):
+        result = await _driver._send(InheritsTheClaim(), request, 0.1)
+    assert isinstance(result, SentNoReply) and "cut it off" in result.message
+    assert time.monotonic() - started >= 0.1 + SEND_GRACE - 0.05
+
+
+def test_the_http_transports_claim_to_end_their_sends_by_timeout() -> None:
+    """Both HTTP transports declare the claim in their own class (their transport tests
+    hold them to it: a trickled reply ends at the deadline)."""
+    for kind in (HttpxTransport, AiohttpTransport):
+        assert kind.__dict__.get("SENDS_END_BY_TIMEOUT") is True
 
 
 @pytest.mark.anyio

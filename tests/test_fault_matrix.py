@@ -3,16 +3,16 @@
 In each cell the first request to the cell's phase (`createTask` or `getTaskResult`) meets
 the cell's fault, served byte by byte by a scripted raw-socket server on 127.0.0.1
 (`raw_api.RawAPI`), and every later request succeeds, so "retried, then solved" is
-observable. The client is the real thing: `Engine` over `HttpxTransport`, with the default
-retry policy (`DocumentedPolicy`, seeded, given the cell's `policy` options: the `-no-resend`
-cells opt out of resending a createTask that may have been billed) and account gate, and a
-50 ms poll. A refused
-connection is a port that is bound but not listening, and starts listening once the engine
-has decided to retry.
+observable. The client is the real thing: `Engine` over each HTTP transport
+(`HttpxTransport`, `AiohttpTransport`: `transport_kinds`), with the default retry policy
+(`DocumentedPolicy`, seeded, given the cell's `policy` options: the `-no-resend` cells opt
+out of resending a createTask that may have been billed) and account gate, and a 50 ms
+poll. A refused connection is a port that is bound but not listening, and starts listening
+once the engine has decided to retry.
 
-Every cell of a backend runs at once in one anyio task group (a module-scoped fixture, run
-under asyncio and under trio); each parametrized test then holds one cell's record to its
-row of the table.
+Every cell of a transport and event loop runs at once in one anyio task group (a
+module-scoped fixture, run for httpx under asyncio and under trio, and for aiohttp under
+asyncio); each parametrized test then holds one cell's record to its row of the table.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ from typing import Any
 
 import anyio
 import pytest
+import transport_kinds
 from raw_api import Arrival, Drop, Hold, RawAPI, Send, Step, Stream, http_reply, json_reply
+from transport_kinds import TransportType
 
 from captchaflow.engine import Engine, Job, Move, log_move
 from captchaflow.policies import DocumentedPolicy, FixedInterval
-from captchaflow.transports import ErrorCode, HttpxTransport
+from captchaflow.transports import ErrorCode
 
 pytestmark = pytest.mark.filterwarnings(
     # As pyproject's filter for httpx's: a reply abandoned mid-body (over the cap, past the
@@ -150,8 +152,8 @@ class Record:
         }
 
 
-def engine_for(cell: dict[str, Any], server: RawAPI) -> Engine:
-    """The client of one cell: an engine over its own `HttpxTransport` to the cell's server.
+def engine_for(cell: dict[str, Any], server: RawAPI, transport_type: TransportType) -> Engine:
+    """The client of one cell: an engine over its own transport to the cell's server.
 
     A refused cell's hook makes the port refuse exactly one request: the cell's first
     request at its phase (after createTask was accepted, for a refused poll); the port
@@ -166,7 +168,7 @@ def engine_for(cell: dict[str, Any], server: RawAPI) -> Engine:
         elif refused and move.trigger == "defer":
             server.listen()
 
-    transport = HttpxTransport(
+    transport = transport_type(
         server.base_url,
         connect_timeout=2.0,
         read_timeout=READ_TIMEOUT,
@@ -195,8 +197,9 @@ async def run_cell(engine: Engine, record: Record) -> None:
         await engine.transport.aclose()
 
 
-def run_matrix(backend: str) -> dict[str, Record]:
-    """Run every cell concurrently under `backend`; return each cell's record by name.
+def run_matrix(transport_type: TransportType, backend: str) -> dict[str, Record]:
+    """Run every cell concurrently over `transport_type` under `backend`; return each
+    cell's record by name.
 
     Servers and clients are all set up before the first request: building an httpx client
     takes milliseconds of CPU (its TLS context), which would otherwise stall the cells
@@ -211,17 +214,24 @@ def run_matrix(backend: str) -> dict[str, Record]:
 
     with contextlib.ExitStack() as stack:
         servers = {cell["name"]: stack.enter_context(server_for(cell)) for cell in CELLS}
-        engines = {cell["name"]: engine_for(cell, servers[cell["name"]]) for cell in CELLS}
+        engines = {
+            cell["name"]: engine_for(cell, servers[cell["name"]], transport_type) for cell in CELLS
+        }
         anyio.run(run_all, engines, backend=backend)
     for name, server in servers.items():
         records[name].arrivals = list(server.arrivals)
     return records
 
 
-@pytest.fixture(scope="module", params=["asyncio", "trio"])
+@pytest.fixture(
+    scope="module",
+    params=transport_kinds.pairs(),
+    ids=[f"{name}-{loop}" for name, loop in transport_kinds.pairs()],
+)
 def matrix(request: pytest.FixtureRequest) -> dict[str, Record]:
-    """Every cell's record, under one backend."""
-    return run_matrix(str(request.param))
+    """Every cell's record, over one transport under one event loop."""
+    name, loop = request.param
+    return run_matrix(transport_kinds.TRANSPORTS[name], loop)
 
 
 # -- the checks ---------------------------------------------------------------------------

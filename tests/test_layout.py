@@ -24,8 +24,9 @@ ALLOWED = {
 }
 IO_LIBRARIES = {"httpx", "httpcore", "h11", "anyio", "sniffio", "trio", "asyncio", "socket", "ssl"}
 """Libraries that do I/O (or, like email.utils, import socket to): the core loads none."""
-OPTIONAL_LIBRARIES = {"prometheus_client", "opentelemetry"}
-"""The libraries of optional extras: loaded only when a hook that needs one is built."""
+OPTIONAL_LIBRARIES = {"prometheus_client", "opentelemetry", "aiohttp"}
+"""The libraries of optional extras: loaded only when a hook or transport that needs one is
+built (or named)."""
 SANS_IO_CORE = ["_classify.py", "_fsm.py", "_job.py", "_errors.py"]
 IO_MODULES = {
     "httpx",
@@ -116,7 +117,8 @@ def test_importing_the_packages_loads_no_io_library() -> None:
 def test_the_command_imports_no_more_than_it_needs(argv: list[str], allowed: set[str]) -> None:
     """In a fresh interpreter, `captchaflow ARGV` loads no I/O library it does not use:
     `--help` and every command's help load none (no httpx, anyio, rich, sqlite3, redis, nor
-    the simulator); `solve` loads the HTTP stack only (here it fails on the empty task)."""
+    the simulator); `solve` loads the HTTP stack only, httpx's: never aiohttp (here it fails
+    on the empty task)."""
     code = (
         "import sys\n"
         "from captchaflow.engine.cli._main import main\n"
@@ -145,8 +147,10 @@ def test_lazy_names_load_on_first_use() -> None:
     import captchaflow.transports as transports
 
     assert "Engine" in dir(engine) and "HttpxTransport" in dir(transports)
+    assert "AiohttpTransport" in dir(transports)
     assert engine.Engine.__module__ == "captchaflow.engine._engine"
     assert transports.HttpxTransport.__module__ == "captchaflow.transports._httpx"
+    assert transports.AiohttpTransport.__module__ == "captchaflow.transports._aiohttp"
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         engine.Nope  # noqa: B018
 

@@ -1,6 +1,7 @@
 """The wire: request and reply types, error codes, the `Transport` interface and its failures,
-and the transports (`HttpxTransport`, `HandlerTransport`). The simulated service is a
-subpackage of its own, imported explicitly: `captchaflow.transports.sim`.
+and the transports (`HttpxTransport`; `AiohttpTransport`, for asyncio, with the `aiohttp`
+extra; `HandlerTransport`). The simulated service is a subpackage of its own, imported
+explicitly: `captchaflow.transports.sim`.
 
 This layer imports nothing from `captchaflow.policies` or `captchaflow.engine`."""
 
@@ -21,17 +22,26 @@ from ._url import DEFAULT_BASE_URL, is_loopback
 from ._wire import ApiKey, ApiReply, ApiRequest, Endpoint, ErrorCode, JsonValue, TaskId
 
 if typing.TYPE_CHECKING:
-    from ._httpx import HttpxTransport, InsecureTransportWarning, check_base_url
+    from ._aiohttp import AiohttpTransport
+    from ._http import InsecureTransportWarning, check_base_url
+    from ._httpx import HttpxTransport
 
-# The httpx transport loads httpx, anyio and ssl: imported on first use.
+# The HTTP transports load httpx, anyio and ssl (and aiohttp, an optional extra): imported
+# on first use.
 __getattr__, __dir__ = _lazy.lazy_exports(
     __name__,
     globals(),
-    {name: "._httpx" for name in ("HttpxTransport", "InsecureTransportWarning", "check_base_url")},
+    {
+        "AiohttpTransport": "._aiohttp",
+        "HttpxTransport": "._httpx",
+        "InsecureTransportWarning": "._http",
+        "check_base_url": "._http",
+    },
 )
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "AiohttpTransport",
     "ApiKey",
     "ApiReply",
     "ApiRequest",

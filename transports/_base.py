@@ -76,6 +76,11 @@ class Transport(Protocol):
 
     `timeout` bounds the whole exchange in seconds when given; a transport that cannot tell
     whether the request left when the time runs out raises `SentNoReply`.
+
+    The engine's driver cuts off a send still running `SEND_GRACE` after its timeout. A
+    transport class that sets `SENDS_END_BY_TIMEOUT = True` itself (not inherited) promises
+    that every send ends by its `timeout` on its own, and is spared that cut-off (both HTTP
+    transports do, and their tests hold them to it).
     """
 
     async def send(self, request: ApiRequest, *, timeout: float | None = None) -> ApiReply:

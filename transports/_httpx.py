@@ -1,19 +1,27 @@
-"""`HttpxTransport`: the real network, through one pooled `httpx.AsyncClient`."""
+"""`HttpxTransport`: the real network, through one `httpx.AsyncClient` over a pool of httpcore
+connections that costs O(1) per request (`ConnectionStack`)."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
 import ssl
-import warnings
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import anyio
 import httpx
 
-from ._base import BadReply, CertificateRejected, NotSent, SentNoReply
+from ._base import BadReply, NotSent, SentNoReply
+from ._http import (
+    DEFAULT_MAX_CONNECTIONS,
+    InsecureTransportWarning,
+    check_base_url,
+    connect_failure,
+    join_headers,
+    say,
+    warn_if_insecure,
+)
 from ._url import DEFAULT_BASE_URL, is_loopback
-from ._wire import ApiKey, ApiReply, ApiRequest
+from ._wire import ApiKey, ApiReply, ApiRequest, Endpoint
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -24,37 +32,8 @@ __all__ = [
 ]
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.LocalProtocolError)
-_E = TypeVar("_E", bound=BaseException)
 _CONNECTING: Final = ("connection.connect_tcp.started", "connection.start_tls.started")
 _SENDING_SUFFIX: Final = ".send_request_headers.started"  # http11. or http2.
-
-
-_URL_SHAPE = "the base URL must look like https://host[:port][/path]"
-
-
-def check_base_url(base_url: str) -> str:
-    """Return `base_url` normalised (no trailing slash) if it is an absolute http(s) URL
-    with a host, no user name or password, a port in 1..65535 if it has one, no query or
-    fragment and no whitespace or control character; raise `ValueError` saying why not
-    otherwise. The message never repeats the URL: it may hold a password."""
-    if not isinstance(base_url, str) or not base_url.isprintable() or " " in base_url:
-        raise ValueError(f"{_URL_SHAPE}, without spaces or control characters")
-    try:
-        url = httpx.URL(base_url)
-    except httpx.InvalidURL:
-        raise ValueError(f"not a URL: {_URL_SHAPE}") from None
-    if url.userinfo:
-        # httpx would send it as Basic auth, and every repr and log would show the password.
-        raise ValueError("the base URL must not hold a user name or password")
-    if url.port is not None and not 1 <= url.port <= 65_535:
-        raise ValueError("the base URL's port must be in 1..65535")
-    if url.scheme not in ("http", "https") or not url.host or url.query or url.fragment:
-        raise ValueError(_URL_SHAPE)
-    return str(url).rstrip("/")
-
-
-class InsecureTransportWarning(UserWarning):
-    """Warned when a transport is set up to send the key where others could read it."""
 
 
 class HttpxTransport:
@@ -70,9 +49,18 @@ class HttpxTransport:
     - A failure before the first byte of the request was written (refused, unresolvable
       host, connect or TLS handshake cut short by `connect_timeout` or by `timeout`) is
       `NotSent`; one after it is `SentNoReply`.
+    - At most `max_connections` requests are in flight and as many sockets open (see
+      `DEFAULT_MAX_CONNECTIONS` for the default's figures); a request beyond them waits in
+      the transport, and one whose deadline passes there is `NotSent`. Finding a pooled
+      connection costs O(1) whatever the pool size (`ConnectionStack`).
+    - Nothing is read from the environment: no proxy, no certificate bundle.
     """
 
-    __slots__ = ("_client", "_host", "_max_reply_bytes", "_slots", "base_url")
+    SENDS_END_BY_TIMEOUT: Final = True
+    """Every send ends by its `timeout`: one deadline covers the whole exchange (see
+    `Transport`)."""
+
+    __slots__ = ("_client", "_host", "_max_reply_bytes", "_slots", "_urls", "base_url")
 
     def __init__(
         self,
@@ -81,35 +69,34 @@ class HttpxTransport:
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         max_reply_bytes: int = 1 << 20,
-        max_connections: int = 100,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         verify: bool | ssl.SSLContext = True,
     ) -> None:
         self.base_url = check_base_url(base_url)
-        host = self._host = httpx.URL(self.base_url).host
-        if self.base_url.startswith("http://") and not is_loopback(host):
-            warnings.warn(
-                f"plain http:// to {host}: the API key travels unencrypted; use https://",
-                InsecureTransportWarning,
-                stacklevel=2,
-            )
+        self._host = httpx.URL(self.base_url).host
+        warn_if_insecure(self.base_url, self._host, verify, stacklevel=2)
         if max_reply_bytes < 1:
             raise ValueError("max_reply_bytes must be positive")
-        if verify is False:
-            warnings.warn(
-                "TLS verification is off: the API key can be read by anyone on the path",
-                InsecureTransportWarning,
-                stacklevel=2,
-            )
+        if max_connections < 1:
+            raise ValueError("max_connections must be positive")
         self._max_reply_bytes = max_reply_bytes
-        # Requests beyond the pool wait here, in O(1), not in httpcore's queue (rescanned
-        # on every change: O(n^2) for n waiting); and a wait cut short here was not sent.
+        # Parsed once: httpx would parse the URL string of every request again.
+        self._urls = {endpoint: httpx.URL(self.base_url + endpoint.value) for endpoint in Endpoint}
+        # Requests beyond the pool wait here, so the pool holds at most max_connections
+        # connections; and a wait cut short here was not sent.
         self._slots = anyio.Semaphore(max_connections)
+        # Imported here, as httpx imports httpcore: only a transport built needs it.
+        from ._httpx_pool import ConnectionStack
+
         self._client = httpx.AsyncClient(
+            # The client's own headers: a request that brings none skips httpx's merge.
+            headers={
+                "content-type": "application/json",
+                "accept": "application/json",
+                "accept-encoding": "identity",
+            },
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            verify=verify,
+            transport=ConnectionStack(verify=verify),
             follow_redirects=False,
             trust_env=False,
         )
@@ -137,52 +124,38 @@ class HttpxTransport:
         raise SentNoReply(f"no reply within {timeout:.3g}s")
 
     async def _exchange(self, request: ApiRequest, progress: _Progress) -> ApiReply:
-        url = self.base_url + request.endpoint.value
+        client = self._client
         try:
-            async with self._client.stream(
+            outgoing = client.build_request(
                 "POST",
-                url,
+                self._urls[request.endpoint],
                 content=request.body(),
-                headers={
-                    "content-type": "application/json",
-                    "accept": "application/json",
-                    "accept-encoding": "identity",
-                },
                 extensions={"trace": progress.trace},
-            ) as response:
-                body = await self._read_capped(response, request.key)
-                return ApiReply(response.status_code, body, dict(response.headers))
+            )
+            response = await client.send(outgoing, stream=True)
+            try:
+                headers = join_headers(response.headers.multi_items())
+                body = await self._read_capped(response, headers, request.key)
+            finally:
+                await response.aclose()
+            return ApiReply(response.status_code, body, headers)
         except httpx.DecodingError as exc:
-            raise BadReply(_say(request.key, "undecodable reply body", exc)) from None
+            raise BadReply(say(request.key, "undecodable reply body", exc)) from None
         except (httpx.HTTPError, OSError) as exc:
-            raise self._failure(request.key, exc, progress) from None
+            if isinstance(exc, _NOT_SENT) or progress.unsent:
+                raise connect_failure(self._host, request.key, exc) from None
+            raise SentNoReply(say(request.key, type(exc).__name__, exc)) from None
 
-    def _failure(self, key: ApiKey, exc: Exception, progress: _Progress) -> NotSent | SentNoReply:
-        """The typed failure for `exc`, raised by httpx (or the OS) during an exchange."""
-        if isinstance(exc, _NOT_SENT) or progress.unsent:
-            certificate = _cause(exc, ssl.SSLCertVerificationError)
-            if certificate is not None:
-                reason = certificate.verify_message or str(certificate)
-                return CertificateRejected(
-                    f"the TLS certificate of {self._host} failed verification ({reason}): "
-                    "check the base URL and the trusted certificates (verify=); not retried"
-                )
-            unresolved = _cause(exc, socket.gaierror)
-            if unresolved is not None:
-                return NotSent(
-                    f"cannot resolve host {self._host} ({unresolved.strerror or unresolved}): "
-                    "check the base URL and this machine's DNS and network"
-                )
-            return NotSent(_say(key, type(exc).__name__, exc))
-        return SentNoReply(_say(key, type(exc).__name__, exc))
-
-    async def _read_capped(self, response: httpx.Response, key: ApiKey) -> bytes:
+    async def _read_capped(
+        self, response: httpx.Response, headers: dict[str, str], key: ApiKey
+    ) -> bytes:
         cap, status = self._max_reply_bytes, response.status_code
-        raw_encoding = response.headers.get("content-encoding", "identity")
-        encoding = key.redact(raw_encoding).strip().lower()
-        if encoding not in ("", "identity"):  # decoding would inflate past the cap unseen
-            raise BadReply(f"unrequested content-encoding {encoding!r}", status=status)
-        declared = response.headers.get("content-length", "")
+        encoding = headers.get("content-encoding")
+        if encoding is not None:  # decoding would inflate past the cap unseen
+            encoding = key.redact(encoding).strip().lower()
+            if encoding not in ("", "identity"):
+                raise BadReply(f"unrequested content-encoding {encoding!r}", status=status)
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             raise BadReply(f"reply of {declared} bytes exceeds the {cap}-byte cap", status=status)
         chunks: list[bytes] = []
@@ -228,6 +201,8 @@ class _Progress:
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpcore's `trace` extension: notes connecting and the first write of the request."""
+        if self.sending:  # nothing after it changes the answer
+            return
         if event in _CONNECTING:
             self.connecting = True
         elif event == "connection.connect_tcp.complete":
@@ -250,21 +225,3 @@ class _Progress:
             return
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await stream.aclose()  # a half-open socket: nothing more to do if closing fails
-
-
-def _cause(exc: BaseException, kind: type[_E]) -> _E | None:
-    """The first exception of type `kind` in `exc`'s chain of causes and contexts."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _say(key: ApiKey, what: str, exc: Exception) -> str:
-    """`what: exc`, with the key redacted from the exception's text (which may quote the
-    server's bytes) before anything else touches it."""
-    return f"{what}: {key.redact(str(exc))}"

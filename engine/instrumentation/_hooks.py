@@ -40,6 +40,13 @@ DEFAULT_HOOKS: Final[tuple[Hook, ...]] = (LoggingHook(),)
 `captchaflow` logger, and one per request on `captchaflow.requests`."""
 
 
+def listening(hooks: Sequence[Hook], kind: type[MoveRecord | RequestRecord]) -> bool:
+    """Whether any of `hooks` would do something with a record of `kind` now: False only
+    when every hook is a plain `LoggingHook` whose logger for it is off (the default hook
+    with DEBUG off), so that a driver can skip building records nobody reads."""
+    return any(type(hook) is not LoggingHook or hook.logs(kind) for hook in hooks)
+
+
 def emit(hooks: Sequence[Hook], record: MoveRecord | RequestRecord, key: ApiKey) -> None:
     """Hand `record` to every hook of `hooks`; a hook that raises is warned about (with
     `key` redacted from what it raised) the first time, and skipped."""

@@ -34,6 +34,10 @@ class LoggingHook:
         self.level = level
         self._requests = self.logger.getChild("requests")
 
+    def logs(self, kind: type[MoveRecord | RequestRecord]) -> bool:
+        """Whether a record of `kind` would be logged now (its logger enabled for `level`)."""
+        return (self.logger if kind is MoveRecord else self._requests).isEnabledFor(self.level)
+
     def on_move(self, record: MoveRecord) -> None:
         """Log the move, if `logger` is enabled for `level`."""
         if self.logger.isEnabledFor(self.level):
