@@ -81,6 +81,22 @@ def warn_if_insecure(base_url: str, host: str, verify: object, *, stacklevel: in
         )
 
 
+def check_settings(
+    base_url: str, *, verify: object, max_reply_bytes: int, max_connections: int
+) -> tuple[str, str]:
+    """What every HTTP transport checks when built: the base URL (see `check_base_url`),
+    an insecure setup warned of (see `warn_if_insecure`, for the transport's caller), and a
+    positive reply cap and pool size (else `ValueError`). Returns the URL and its host."""
+    url = check_base_url(base_url)
+    host = httpx.URL(url).host
+    warn_if_insecure(url, host, verify, stacklevel=3)
+    if max_reply_bytes < 1:
+        raise ValueError("max_reply_bytes must be positive")
+    if max_connections < 1:
+        raise ValueError("max_connections must be positive")
+    return url, host
+
+
 def connect_failure(host: str, key: ApiKey, exc: BaseException) -> NotSent:
     """The `NotSent` for `exc`, which stopped a request before it left: `CertificateRejected`
     naming OpenSSL's reason if the certificate failed verification, a "cannot resolve host"

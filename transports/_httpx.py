@@ -15,10 +15,10 @@ from ._http import (
     DEFAULT_MAX_CONNECTIONS,
     InsecureTransportWarning,
     check_base_url,
+    check_settings,
     connect_failure,
     join_headers,
     say,
-    warn_if_insecure,
 )
 from ._url import DEFAULT_BASE_URL, is_loopback
 from ._wire import ApiKey, ApiReply, ApiRequest, Endpoint
@@ -72,13 +72,12 @@ class HttpxTransport:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         verify: bool | ssl.SSLContext = True,
     ) -> None:
-        self.base_url = check_base_url(base_url)
-        self._host = httpx.URL(self.base_url).host
-        warn_if_insecure(self.base_url, self._host, verify, stacklevel=2)
-        if max_reply_bytes < 1:
-            raise ValueError("max_reply_bytes must be positive")
-        if max_connections < 1:
-            raise ValueError("max_connections must be positive")
+        self.base_url, self._host = check_settings(
+            base_url,
+            verify=verify,
+            max_reply_bytes=max_reply_bytes,
+            max_connections=max_connections,
+        )
         self._max_reply_bytes = max_reply_bytes
         # Parsed once: httpx would parse the URL string of every request again.
         self._urls = {endpoint: httpx.URL(self.base_url + endpoint.value) for endpoint in Endpoint}
