@@ -110,8 +110,27 @@ class Finished:
 
 Action: TypeAlias = Send | Wait | Finished
 
+_new_object: Final = object.__new__
+_SET_REQUEST: Final = Send.__dict__["request"].__set__
+_SET_UNTIL: Final = Wait.__dict__["until"].__set__
+
+
+def _wait(until: float) -> Wait:
+    """`Wait(until)`, the same object, made by setting its slot (it has no validator or
+    converter) instead of through attrs' frozen `__init__`: a job answers one for every wait
+    (and `next_action` makes its `Send`s and commonest `Wait`s the same way, inline)."""
+    wait: Wait = _new_object(Wait)
+    _SET_UNTIL(wait, until)
+    return wait
+
+
 FINISHED: Final = Finished()
 _GATE_FAILED: Final = object()
+_new_move: Final = tuple.__new__
+"""Makes a `Move` as `Move(...)` does, without the call through its generated `__new__`."""
+_CREATE: Final = Endpoint.CREATE_TASK
+_GET: Final = Endpoint.GET_TASK_RESULT
+_BACKOFF: Final = TaskState.BACKOFF.value
 
 MIN_WAIT: Final = 0.001
 """Seconds: the least time any wait of a job lasts (a retry after 0 s, a gate's hold until
@@ -131,11 +150,13 @@ _SERIALS: Final = itertools.count(1)
 def validate_task(task: object) -> Mapping[str, JsonValue]:
     """Return `task` if it is a JSON-serialisable object with a non-empty string `type`,
     else raise `InvalidTaskError` saying what is wrong."""
-    if not isinstance(task, Mapping):
+    if type(task) is not dict and not isinstance(task, Mapping):
         raise InvalidTaskError(f"a task must be a JSON object, got {type(task).__name__}")
     kind = task.get("type")
     if not isinstance(kind, str) or not kind:
         raise InvalidTaskError('a task needs a non-empty string "type"')
+    if _plain(task):
+        return task  # JSON as it stands, one level deep: nothing to encode to know it
     if _depth(task) > MAX_TASK_DEPTH:
         raise InvalidTaskError(f"the task is nested deeper than {MAX_TASK_DEPTH} levels")
     try:
@@ -143,6 +164,32 @@ def validate_task(task: object) -> Mapping[str, JsonValue]:
     except (TypeError, ValueError) as exc:
         raise InvalidTaskError(f"the task is not serialisable as JSON: {exc}") from None
     return task
+
+
+_SHORT_INT_BITS: Final = 2000
+"""An int this short has fewer digits (603) than any limit on int-to-str conversion can be
+set to (640, `sys.set_int_max_str_digits`): `json.dumps` always writes it."""
+
+
+def _plain(task: Mapping[str, object]) -> bool:
+    """Whether `task` is a `dict` whose keys are `str` and whose values are `str`, `int`,
+    `bool`, None or finite `float` (those exact types): what `json.dumps(task,
+    allow_nan=False)` always encodes, without encoding it. A task of an image is such a
+    dict (tens of kilobytes of base64 in one string), and encoding it cost more than
+    everything else a job does."""
+    if type(task) is not dict:
+        return False
+    for key, value in task.items():
+        kind = type(value)
+        if type(key) is not str or not (
+            kind is str
+            or (kind is int and value.bit_length() <= _SHORT_INT_BITS)
+            or kind is bool
+            or value is None
+            or (kind is float and math.isfinite(value))
+        ):
+            return False
+    return True
 
 
 @attrs.frozen
@@ -215,12 +262,18 @@ def check_timeout(timeout: float) -> None:
         raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout!r}")
 
 
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+"""Types whose values are leaves of a task (exactly these: a subclass is checked in full)."""
+
+
 def _depth(value: object) -> int:
     """How deeply containers nest in `value` (iterative: no recursion limit to hit)."""
     deepest = 0
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         item, level = stack.pop()
+        if type(item) in _SCALARS:
+            continue  # a leaf (the common case, decided without the ABC checks below)
         if isinstance(item, Mapping):
             children: Iterable[object] = item.values()
         elif isinstance(item, list | tuple):
@@ -230,7 +283,7 @@ def _depth(value: object) -> int:
         deepest = max(deepest, level)
         if deepest > MAX_TASK_DEPTH:
             break
-        stack.extend((child, level + 1) for child in children)
+        stack.extend((child, level + 1) for child in children if type(child) not in _SCALARS)
     return deepest
 
 
@@ -356,50 +409,71 @@ class Job:
             return FINISHED
         if self._awaiting is not None:
             raise JobStateError("a reply is still awaited; feed it before asking again")
-        self._advance(now)
+        if not now >= self._latest:
+            self._advance(now)  # raises: time went backwards
+        self._latest = now
         if now >= self.deadline:
             self._fail_deadline(now)
             return FINISHED
         gate = self.gate
-        endpoint = Endpoint.CREATE_TASK if self.task_id is None else Endpoint.GET_TASK_RESULT
+        endpoint = _CREATE if self.task_id is None else _GET
         if gate is not None:
-            verdict = self._ask_gate("standing", endpoint, now)
-            if verdict is _GATE_FAILED or (
-                isinstance(verdict, Refuse | Hold) and self._held(verdict, now)
-            ):
+            # The gate is asked directly, and only an answer other than the common one is
+            # checked (this runs before every request and every wait of every job).
+            try:
+                verdict: object = gate.standing(self, endpoint, now)
+            except Exception as exc:
+                self._fail_policy(now, f"gate {type(gate).__name__}.standing raised {exc!r}")
                 return FINISHED
+            if verdict is not None:
+                verdict = self._gate_answer("standing", verdict, now)
+                if verdict is _GATE_FAILED or (
+                    isinstance(verdict, Refuse | Hold) and self._held(verdict, now)
+                ):
+                    return FINISHED
         if now < self._next_at:
-            return Wait(self._next_at)
+            wait: Wait = _new_object(Wait)  # `_wait(self._next_at)`, inlined: the commonest answer
+            _SET_UNTIL(wait, self._next_at)
+            return wait
         if self.task_id is None and self._too_late_to_create(now):
             return FINISHED
         if gate is not None:
-            decision = self._ask_gate("admit", endpoint, now)
-            if decision is _GATE_FAILED:
+            try:
+                decision: object = gate.admit(self, endpoint, retry=self.attempt > 0, now=now)
+            except Exception as exc:
+                self._fail_policy(now, f"gate {type(gate).__name__}.admit raised {exc!r}")
                 return FINISHED
-            if isinstance(decision, Refuse | Hold):
-                if self._held(decision, now) or self._stalled(decision, now):
+            if type(decision) is not Admit:
+                decision = self._gate_answer("admit", decision, now)
+                if decision is _GATE_FAILED:
                     return FINISHED
-                until = decision.until if isinstance(decision, Hold) else None
-                # No later than the last moment a task could still pay off (then it fails,
-                # having paid nothing, instead of waiting on for its deadline).
-                latest = self.deadline if self.task_id is not None else self._create_by
-                until = latest if until is None else min(until, latest)
-                return Wait(max(until, now + MIN_WAIT))
+                if isinstance(decision, Refuse | Hold):
+                    if self._held(decision, now) or self._stalled(decision, now):
+                        return FINISHED
+                    until = decision.until if isinstance(decision, Hold) else None
+                    # No later than the last moment a task could still pay off (then it
+                    # fails, having paid nothing, instead of waiting on for its deadline).
+                    latest = self.deadline if self.task_id is not None else self._create_by
+                    until = latest if until is None else min(until, latest)
+                    return _wait(max(until, now + MIN_WAIT))
             self._hold_reason = None
             self._stale_holds = 0
             self._holds_at_one_time = 0
-        if self.state == TaskState.BACKOFF:
+        if self.state == _BACKOFF:
             trigger = "retry_submit" if self.task_id is None else "retry_poll"
             self._move(trigger, now, "wait over")
-        if self.task_id is None:
+        task_id = self.task_id
+        if task_id is None:
             request = ApiRequest.create_task(self.key, self.task)
         else:
-            request = ApiRequest.get_task_result(self.key, self.task_id)
+            request = ApiRequest.get_task_result(self.key, task_id)
             self.polls += 1
         self._awaiting = request.endpoint
         self._sent_at = now
         self.requests_sent += 1
-        return Send(request)
+        send: Send = _new_object(Send)  # `_send(request)`, inlined
+        _SET_REQUEST(send, request)
+        return send
 
     def feed_reply(
         self, result: ApiReply | TransportError, now: float, *, wall_time: float | None = None
@@ -425,20 +499,36 @@ class Job:
     def feed(self, outcome: Outcome, now: float) -> None:
         """Tell the job what its last request came back with, at time `now`, classified
         (`feed_reply` classifies for you)."""
-        endpoint = self._reply_arrives(now)
+        endpoint = self._awaiting
+        if endpoint is None:
+            raise JobStateError("no request is awaiting a reply")
+        if not now >= self._latest:
+            self._advance(now)  # raises: time went backwards
+        self._latest = now
+        self._awaiting = None
+        failure = outcome if isinstance(outcome, Failure) else None
         if self.gate is not None:
-            failure = outcome if isinstance(outcome, Failure) else None
             self.gate.observe(self, endpoint, failure, sent_at=self._sent_at, now=now)
-        if isinstance(outcome, Failure):
-            self._on_failure(self._redacted(outcome), now)
-        elif isinstance(outcome, Accepted) and endpoint is Endpoint.CREATE_TASK:
-            self._accept(outcome.task_id, now, f"task {outcome.task_id!r} accepted")
-        elif isinstance(outcome, Processing) and endpoint is Endpoint.GET_TASK_RESULT:
+        if failure is not None:
+            self._on_failure(self._redacted(failure), now)
+        elif isinstance(outcome, Processing) and endpoint is _GET:  # the commonest reply
             self._processing_at = now
             self.attempt = 0
             self._previous_delay = None
-            self._schedule_poll(now)
-        elif isinstance(outcome, Solved) and endpoint is Endpoint.GET_TASK_RESULT:
+            # `_schedule_poll`, inlined (this runs for every poll of every job)
+            try:
+                answer = self.schedule.delay_before_poll(self.polls + 1)
+            except Exception as exc:
+                self._poll_schedule_raised(exc, now)
+                return
+            delay: float | None = answer
+            if not (type(answer) is float and MIN_POLL_DELAY <= answer < math.inf):
+                delay = self._checked_poll_delay(answer, now)
+            if delay is not None:
+                self._next_at = min(now + delay, self.deadline)
+        elif isinstance(outcome, Accepted) and endpoint is _CREATE:
+            self._accept(outcome.task_id, now, f"task {outcome.task_id!r} accepted")
+        elif isinstance(outcome, Solved) and endpoint is _GET:
             self.solution = outcome.solution
             self._move("solve", now, f"solved after {counted(self.polls, 'poll')}")
             # For any schedule whose observe_solved is a method, what isinstance(schedule,
@@ -511,7 +601,8 @@ class Job:
     def _move(self, trigger: str, now: float, cause: str) -> None:
         source = self.state
         apply_trigger(self, trigger)
-        self.history.append(Move(now, source, self.state, trigger, self.key.redact(cause)))
+        move = _new_move(Move, (now, source, self.state, trigger, self.key.redact(cause)))
+        self.history.append(move)
         if self.gate is not None and self.state in TERMINAL_STATES:
             if self._task_may_run_on():
                 left_running = getattr(self.gate, "task_left_running", None)
@@ -582,33 +673,25 @@ class Job:
             )
         self._latest = now
 
-    def _ask_gate(self, question: str, endpoint: Endpoint, now: float) -> object:
-        """The gate's `standing` or `admit` answer, checked; `_GATE_FAILED` (the job failed
-        with PolicyError naming the gate) if it raised or answered garbage."""
-        gate = self.gate
-        assert gate is not None
-        try:
-            if question == "standing":
-                answer: object = gate.standing(self, endpoint, now)
-                allowed: tuple[type, ...] = (Refuse, Hold, type(None))
-            else:
-                answer = gate.admit(self, endpoint, retry=self.attempt > 0, now=now)
-                allowed = (Admit, Refuse, Hold)
-        except Exception as exc:
-            self._fail_policy(now, f"gate {type(gate).__name__}.{question} raised {exc!r}")
-            return _GATE_FAILED
-        # The common answers first (this runs before every request).
+    def _gate_answer(self, question: str, answer: object, now: float) -> object:
+        """The gate's `standing` or `admit` answer (`question`), checked: it, or
+        `_GATE_FAILED` (the job failed with PolicyError naming the gate) if it is garbage."""
         if answer is None and question == "standing":
             return None
         if type(answer) is Admit and question == "admit":
             return answer
+        until = getattr(answer, "until", None)
+        if type(answer) is Hold and (until is None or (type(until) is float and until == until)):
+            return answer  # a hold until a time, or until woken: the other common answer
+        allowed = (Refuse, Hold, type(None)) if question == "standing" else (Admit, Refuse, Hold)
         well_formed = isinstance(answer, allowed) and (
             not isinstance(answer, Hold) or answer.until is None or _is_seconds(answer.until)
         )
         if not well_formed or (
             isinstance(answer, Refuse) and not isinstance(answer.failure, Failure)
         ):
-            self._fail_policy(now, f"gate {type(gate).__name__}.{question} answered {answer!r}")
+            gate = type(self.gate).__name__
+            self._fail_policy(now, f"gate {gate}.{question} answered {answer!r}")
             return _GATE_FAILED
         return answer
 
@@ -618,10 +701,10 @@ class Job:
         instant."""
         if not isinstance(decision, Hold):
             return False
-        gate = type(self.gate).__name__
         if decision.until is not None and decision.until <= now:
             self._stale_holds += 1
             if self._stale_holds >= 2:
+                gate = type(self.gate).__name__
                 self._fail_policy(
                     now,
                     f"gate {gate} held the job until a time already passed twice without "
@@ -632,6 +715,7 @@ class Job:
             self._held_at, self._holds_at_one_time = now, 0
         self._holds_at_one_time += 1
         if self._holds_at_one_time >= MAX_HOLDS_AT_ONE_TIME:
+            gate = type(self.gate).__name__
             self._fail_policy(
                 now,
                 f"gate {gate} held the job {self._holds_at_one_time} times at one instant "
@@ -643,12 +727,24 @@ class Job:
     def _poll_delay(self, poll: int, now: float) -> float | None:
         """The schedule's wait before poll number `poll`, checked; None if the schedule
         failed (the job then has failed with `PolicyError`)."""
-        schedule = type(self.schedule).__name__
         try:
             delay = self.schedule.delay_before_poll(poll)
         except Exception as exc:
-            self._fail_policy(now, f"poll schedule {schedule} raised {exc!r}")
+            self._poll_schedule_raised(exc, now)
             return None
+        if type(delay) is float and MIN_POLL_DELAY <= delay < math.inf:  # the common answer
+            return delay
+        return self._checked_poll_delay(delay, now)
+
+    def _poll_schedule_raised(self, exc: Exception, now: float) -> None:
+        """Fail the job: its poll schedule raised `exc`."""
+        schedule = type(self.schedule).__name__
+        self._fail_policy(now, f"poll schedule {schedule} raised {exc!r}")
+
+    def _checked_poll_delay(self, delay: float, now: float) -> float | None:
+        """`delay`, an answer of the poll schedule, as seconds; None if it is not a finite
+        number of seconds >= `MIN_POLL_DELAY` (the job then has failed with `PolicyError`)."""
+        schedule = type(self.schedule).__name__
         if not _is_seconds(delay) or not (MIN_POLL_DELAY <= delay < math.inf):
             self._fail_policy(
                 now,

@@ -52,7 +52,7 @@ import heapq
 import math
 import random
 from collections.abc import Hashable
-from typing import Final, Protocol, TypeAlias, runtime_checkable
+from typing import Final, Protocol, TypeAlias, cast, runtime_checkable
 
 import attrs
 
@@ -82,6 +82,7 @@ __all__ = [
 
 _CREATE: Final = Endpoint.CREATE_TASK
 _TOKEN_SLACK: Final = 1e-9
+_RATE_LIMITED: Final = ErrorCode.RATE_LIMITED
 _PAUSING_CODES: Final = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.SERVICE_UNAVAILABLE})
 _QUOTA_CODES: Final = frozenset({ErrorCode.DAILY_LIMIT_EXCEEDED, ErrorCode.QUOTA_LIMIT_EXCEEDED})
 _NOISE: Final = frozenset(
@@ -390,9 +391,12 @@ class FailureRateBreaker:
     threshold: float = attrs.field(default=0.5)
     base: float = 1.0
     cap: float = 30.0
-    calls: dict[Endpoint, collections.deque[tuple[float, Failure | None]]] = attrs.field(
+    calls: dict[Endpoint, collections.deque[float | tuple[float, Failure]]] = attrs.field(
         factory=dict, repr=False
     )
+    """The replies in each endpoint's window, oldest first: the time of one the API answered,
+    (time, failure) for noise. (Most replies are answered, and a bare time costs a job in
+    flight a third of what a pair would: the window holds every reply of its last 10 s.)"""
     failed: dict[Endpoint, int] = attrs.field(factory=dict, repr=False)
     pauses: dict[Endpoint, PauseState] = attrs.field(factory=dict)
 
@@ -421,11 +425,25 @@ class FailureRateBreaker:
             pause.strikes += 1
             pause.extend(now + self._wait(pause.strikes, noise, rng), noise, probe=True)
             return True  # jobs waiting on the probe now wait for a time
-        calls = self.calls.setdefault(endpoint, collections.deque())
-        failed = self.failed.get(endpoint, 0) + (noise is not None)
-        calls.append((now, noise))
-        while calls and calls[0][0] <= now - self.window:
-            failed -= calls.popleft()[1] is not None
+        calls = self.calls.get(endpoint)
+        if calls is None:
+            calls = self.calls[endpoint] = collections.deque()
+        failed = self.failed.get(endpoint, 0)
+        if noise is None:
+            calls.append(now)
+        else:
+            calls.append((now, noise))
+            failed += 1
+        horizon = now - self.window
+        while calls:
+            oldest = calls[0]
+            if type(oldest) is tuple:
+                if oldest[0] > horizon:
+                    break
+                failed -= 1
+            elif cast(float, oldest) > horizon:
+                break
+            calls.popleft()
         self.failed[endpoint] = failed
         if noise is None or len(calls) < self.min_calls or failed < self.threshold * len(calls):
             if pause is not None and noise is None:
@@ -433,7 +451,9 @@ class FailureRateBreaker:
             return False
         pause = self.pauses.setdefault(endpoint, PauseState())
         pause.strikes += 1
-        hint = max((f.retry_after or 0.0 for _, f in calls if f is not None), default=0.0)
+        hint = max(
+            (call[1].retry_after or 0.0 for call in calls if isinstance(call, tuple)), default=0.0
+        )
         end = now + max(self._wait(pause.strikes, noise, rng), hint)
         self._reset(endpoint)
         pause.extend(end, noise, probe=True)
@@ -782,8 +802,12 @@ class TaskDurations:
     started: dict[Hashable, float] = attrs.field(factory=dict, repr=False)
     """When each live job's task was accepted."""
     recent: collections.deque[float] = attrs.field(init=False, repr=False)
-    _estimate: float | None = attrs.field(default=None, init=False, repr=False)
-    _unsorted: int = attrs.field(default=0, init=False, repr=False)
+    # No setter hooks on the fields below (they have no validator): `finish` runs at the
+    # end of every job, and attrs would otherwise send each assignment through them.
+    _estimate: float | None = attrs.field(
+        default=None, init=False, repr=False, on_setattr=attrs.setters.NO_OP
+    )
+    _unsorted: int = attrs.field(default=0, init=False, repr=False, on_setattr=attrs.setters.NO_OP)
     """Durations recorded since `_estimate` was computed."""
 
     def __attrs_post_init__(self) -> None:
@@ -900,6 +924,11 @@ class AdaptiveRate:
             else:
                 at = max(now, self.next_free, not_before)
                 self.next_free = at + 1.0 / rate
+                if at <= now:
+                    # It goes now: the reservation would be dropped as soon as made (and no
+                    # other request can take a send time that is already due).
+                    self.last_admitted = max(self.last_admitted, at)
+                    return None
             self._reserve(job, at, yielding=not first)
         if at <= now:
             self.forget(job)
@@ -913,13 +942,15 @@ class AdaptiveRate:
         (never below the most the account was seen to accept in one window). Gateway 429s
         and other noise teach nothing: they are not the account's limit."""
         window = self.accepted
-        while window and window[0] < now - self.window:
+        horizon = now - self.window
+        while window and window[0] < horizon:
             window.popleft()
-        limited = failure is not None and failure.code == ErrorCode.RATE_LIMITED
+        limited = failure is not None and failure.code == _RATE_LIMITED
         if not limited:
             if failure is None or failure.bucket not in _NOISE:
                 window.append(sent_at)  # the account took it (an answer is an answer)
-                self.peak = max(self.peak, len(window))
+                if len(window) > self.peak:
+                    self.peak = len(window)
             return
         if len(window) < self.min_evidence:
             return  # too little of our own traffic to measure the limit: the pause suffices
@@ -987,74 +1018,109 @@ class FleetGate:
         """Track `job` so that account-wide events can wake it."""
         self.live[job] = None
 
+    # The three methods below run for every request of every job. Each skips a part whose
+    # own method would do nothing, which it can tell only for the built-in part itself
+    # (`type(part) is ...`: a subclass is always asked): a closed circuit, pauses not in
+    # force, an opened start-up window, pacing not started, and so on.
+
     def standing(self, job: Hashable, endpoint: Endpoint, now: float) -> Refuse | Hold | None:
         """An open circuit's refusal, else a pause with a known end, else None."""
-        if self.circuit is not None:
-            refusal = self.circuit.refuse(job, endpoint, now, probe=False)
+        circuit = self.circuit
+        if circuit is not None and (
+            type(circuit) is not CircuitBreaker or circuit.failure is not None
+        ):
+            refusal = circuit.refuse(job, endpoint, now, probe=False)
             if refusal is not None:
                 return refusal
-        if self.pause is not None:
-            held = self.pause.timed(endpoint, now)
+        pause = self.pause
+        if pause is not None and (
+            type(pause) is not SharedPause or now < pause.account.until or now < pause.quota.until
+        ):
+            held = pause.timed(endpoint, now)
             if held is not None:
                 return held
-        if self.breaker is not None:
-            return self.breaker.timed(endpoint, now)
+        breaker = self.breaker
+        if breaker is not None and (type(breaker) is not FailureRateBreaker or breaker.pauses):
+            return breaker.timed(endpoint, now)
         return None
 
     def admit(self, job: Hashable, endpoint: Endpoint, *, retry: bool, now: float) -> GateDecision:
         """Circuit, pauses, retry budget, task slots, then pacing, in that order; a job that
         gets through becomes the probe of any pause (or cooled circuit) that waits for one."""
-        if self.circuit is not None:
-            refusal = self.circuit.refuse(job, endpoint, now, probe=False)
+        circuit = self.circuit
+        if type(circuit) is CircuitBreaker and circuit.failure is None:
+            circuit = None  # closed: refuses nothing, and has no probe to hand out
+        if circuit is not None:
+            refusal = circuit.refuse(job, endpoint, now, probe=False)
             if refusal is not None:
                 return refusal
         pause_end = -math.inf
-        if self.pause is not None:
-            held = self.pause.hold(job, endpoint, now)
+        pause = self.pause
+        if pause is not None:
+            account = pause.account if type(pause) is SharedPause else None
+            if (
+                account is None
+                or type(account) is not PauseState
+                or now < account.until  # (`PauseState.active`, inlined)
+                or account.probing
+                or (endpoint is _CREATE and pause.quota.active(now))
+            ):
+                held = pause.hold(job, endpoint, now)
+                if held is not None:
+                    return held
+            pause_end = pause.until if account is None else account.until
+        breaker = self.breaker
+        if type(breaker) is FailureRateBreaker and not breaker.pauses:
+            breaker = None  # no endpoint paused: holds nothing, has no probe to hand out
+        if breaker is not None:
+            held = breaker.hold(job, endpoint, now)
             if held is not None:
                 return held
-            pause_end = self.pause.until
-        if self.breaker is not None:
-            held = self.breaker.hold(job, endpoint, now)
-            if held is not None:
-                return held
-        if self.startup is not None:
-            held = self.startup.hold(now)
+        startup = self.startup
+        if type(startup) is StartupWindow and startup.opened:
+            startup = None  # open for good: holds nothing, counts nothing
+        if startup is not None:
+            held = startup.hold(now)
             if held is not None:
                 return held
         if retry and self.budget is not None:
             held = self.budget.hold(now)
             if held is not None:
                 return held
-        if endpoint is _CREATE and self.concurrency is not None:
-            held = self.concurrency.acquire(job, now)
+        concurrency = self.concurrency
+        if endpoint is _CREATE and concurrency is not None:
+            held = concurrency.acquire(job, now)
             if held is not None:
                 return held
-        if self.rate is not None:
+        rate = self.rate
+        if rate is not None and (type(rate) is not AdaptiveRate or rate.rate is not None):
             # Once task slots are scarce, a createTask goes before queued polls: it fills a
             # slot the account would leave idle, while a poll put back only finds its task
             # a little later (and cannot starve: no permit frees until a poll finds a task
             # finished).
             first = (
-                endpoint is _CREATE
-                and self.concurrency is not None
-                and self.concurrency.limit is not None
+                endpoint is _CREATE and concurrency is not None and concurrency.limit is not None
             )
-            held = self.rate.hold(job, now, pause_end, first=first)
+            held = rate.hold(job, now, pause_end, first=first)
             if held is not None:
                 return held
         if self.budget is not None:
             self.budget.spend(retry, now)
-        if self.startup is not None:
-            self.startup.spend(now)
-        if endpoint is _CREATE and self.concurrency is not None:
-            self.concurrency.sending[job] = None
-        if self.circuit is not None:
-            self.circuit.claim(job, endpoint, now)
-        if self.pause is not None:
-            self.pause.claim(job, endpoint, now)
-        if self.breaker is not None:
-            self.breaker.claim(job, endpoint, now)
+        if startup is not None:
+            startup.spend(now)
+        if endpoint is _CREATE and concurrency is not None:
+            concurrency.sending[job] = None
+        if circuit is not None:
+            circuit.claim(job, endpoint, now)
+        if pause is not None and (
+            account is None
+            or type(account) is not PauseState
+            or account.probing  # (`_unprobed`, inlined: this runs for every request)
+            or (endpoint is _CREATE and not _unprobed(pause.quota))
+        ):
+            pause.claim(job, endpoint, now)
+        if breaker is not None:
+            breaker.claim(job, endpoint, now)
         return ADMIT
 
     def observe(
@@ -1067,29 +1133,55 @@ class FleetGate:
         now: float,
     ) -> None:
         """Feed every part the reply; wake whoever the change concerns."""
-        wake_all = self.startup is not None and self.startup.observe()
-        if self.circuit is not None and self.circuit.observe(job, failure, now):
+        startup = self.startup
+        wake_all = (
+            startup is not None
+            and (type(startup) is not StartupWindow or not startup.opened)
+            and startup.observe()
+        )
+        circuit = self.circuit
+        if (
+            circuit is not None
+            and (
+                type(circuit) is not CircuitBreaker
+                or circuit.probe is not None
+                or (failure is not None and failure.bucket is Bucket.PERMANENT)
+            )
+            and circuit.observe(job, failure, now)
+        ):
             wake_all = True
-        if self.pause is not None:
-            until = self.pause.until
-            if self.pause.observe(endpoint, failure, now, self.rng, job=job):
+        pause = self.pause
+        account = pause.account if type(pause) is SharedPause else None
+        if pause is not None and (
+            failure is not None
+            or account is None
+            or type(account) is not PauseState  # (`_settled`, inlined: this runs for every reply)
+            or account.strikes
+            or account.probing
+            or account.probe is not None
+            or (endpoint is _CREATE and not _settled(pause.quota))
+        ):
+            until = pause.until
+            if pause.observe(endpoint, failure, now, self.rng, job=job):
                 wake_all = True
-                if self.rate is not None and self.pause.until > until:
-                    self.rate.restart(max(self.pause.until, now))
+                if self.rate is not None and pause.until > until:
+                    self.rate.restart(max(pause.until, now))
         if self.breaker is not None and self.breaker.observe(job, endpoint, failure, now, self.rng):
             wake_all = True
         if self.rate is not None:
             self.rate.observe(failure, sent_at=sent_at, now=now)
-        if endpoint is _CREATE and failure is None and self.durations is not None:
-            self.durations.start(job, now)
-        if endpoint is _CREATE and self.concurrency is not None:
-            revoked = self.concurrency.observe(job, failure, sent_at=sent_at, now=now)
-            if revoked and self.rate is not None:
-                for other in revoked:
-                    self.rate.forget(other)
-                self._wake.extend(self.rate.rewind(now))
-            if failure is not None:
-                self._wake.extend(self.concurrency.release(job, now))
+        if endpoint is _CREATE:
+            if failure is None and self.durations is not None:
+                self.durations.start(job, now)
+            concurrency = self.concurrency
+            if concurrency is not None:
+                revoked = concurrency.observe(job, failure, sent_at=sent_at, now=now)
+                if revoked and self.rate is not None:
+                    for other in revoked:
+                        self.rate.forget(other)
+                    self._wake.extend(self.rate.rewind(now))
+                if failure is not None:
+                    self._wake.extend(concurrency.release(job, now))
         if wake_all:
             self._wake.extend(self.live)
 
@@ -1102,9 +1194,23 @@ class FleetGate:
             self._wake.extend(self.concurrency.release(job, now))
         if self.rate is not None:
             self.rate.forget(job)
-        probe = self.pause is not None and self.pause.forget(job)
-        probe = (self.circuit is not None and self.circuit.forget(job)) or probe
-        if (self.breaker is not None and self.breaker.forget(job)) or probe:
+        # As `admit` does, a built-in part with no probe to give up is not asked.
+        pause, circuit, breaker = self.pause, self.circuit, self.breaker
+        if (
+            type(pause) is SharedPause
+            and type(pause.account) is PauseState
+            and type(pause.quota) is PauseState
+            and pause.account.probe is None
+            and pause.quota.probe is None
+        ):
+            pause = None  # neither pause awaits a probe: `forget` would change nothing
+        if type(circuit) is CircuitBreaker and circuit.probe is None:
+            circuit = None
+        if type(breaker) is FailureRateBreaker and not breaker.pauses:
+            breaker = None
+        probe = pause is not None and pause.forget(job)
+        probe = (circuit is not None and circuit.forget(job)) or probe
+        if (breaker is not None and breaker.forget(job)) or probe:
             self._wake.extend(self.live)
 
     def task_left_running(self, job: Hashable, now: float) -> None:
@@ -1144,6 +1250,22 @@ class FleetGate:
         """Close the circuit after the operator fixed the account."""
         if self.circuit is not None:
             self.circuit.reset()
+
+
+def _unprobed(pause: PauseState) -> bool:
+    """Whether `PauseState.claim` would leave `pause` as it is: no probe awaited."""
+    return type(pause) is PauseState and not pause.probing
+
+
+def _settled(pause: PauseState) -> bool:
+    """Whether a success would leave `pause` as it is (`PauseState.succeed` would change
+    nothing and return False): no strikes, no probe awaited."""
+    return (
+        type(pause) is PauseState
+        and not pause.strikes
+        and not pause.probing
+        and (pause.probe is None)
+    )
 
 
 def _name(failure: Failure | None) -> str:

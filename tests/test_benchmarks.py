@@ -9,7 +9,15 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
-KEYS = ("bench-storm-key", "bench-regret-key", "demo-key", "bench-workers-key", "bench-journal-key")
+KEYS = (
+    "bench-storm-key",
+    "bench-regret-key",
+    "demo-key",
+    "bench-workers-key",
+    "bench-journal-key",
+    "bench-http-key",
+    "bench-scale-key",
+)
 
 
 @pytest.mark.parametrize(
@@ -29,6 +37,12 @@ KEYS = ("bench-storm-key", "bench-regret-key", "demo-key", "bench-workers-key", 
         ("simulation.py", ["--tasks", "50"], "simulation: jobs=50"),
         ("journal.py", ["--jobs", "40", "--rounds", "1"], "journal: sqlite_vs_none="),
         ("imports.py", ["--runs", "1"], "imports: engine_vs_httpx="),
+        ("scale.py", ["--sizes", "100,300", "--runs", "1"], "scale: jobs=300 bytes_per_job="),
+        (
+            "http.py",  # the entry point, which runs http_cost.py
+            ["--tasks", "20", "--in-flight", "5", "--connections", "5", "--rounds", "1"],
+            "http: cpu_per_request_vs_httpx_bare=",
+        ),
     ],
 )
 def test_benchmark_runs_and_prints_its_summary(script: str, args: list[str], summary: str) -> None:

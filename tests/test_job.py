@@ -896,3 +896,41 @@ def test_a_job_ending_with_its_task_maybe_still_solving_tells_the_gate() -> None
     never_created.cancel(0.5)
     assert unsolvable.state == "failed" and solved.state == "ready"
     assert gate.left == [timed_out, cancelled]
+
+
+def test_the_shortcut_constructors_make_what_the_classes_make() -> None:
+    """`Send`, `Wait` and `ApiRequest` are built on the hot path by setting their slots, not
+    through attrs' `__init__`: that is only the same while they have no validator, converter
+    or post-init hook, and the objects are then equal, of the same type, frozen and hashable
+    alike (where hashable)."""
+    from captchaflow.engine._job import _wait
+    from captchaflow.transports import ApiRequest
+    from captchaflow.transports._wire import _request
+
+    for cls in (job_module.Send, job_module.Wait, ApiRequest):
+        assert all(f.validator is None and f.converter is None for f in attrs.fields(cls))
+        assert not hasattr(cls, "__attrs_post_init__") and not hasattr(cls, "__attrs_pre_init__")
+    request = ApiRequest.get_task_result(KEY, 42)
+    assert type(request) is ApiRequest and request == ApiRequest(
+        Endpoint.GET_TASK_RESULT, KEY, {"taskId": 42}
+    )
+    assert ApiRequest.create_task(KEY, TASK) == ApiRequest(
+        Endpoint.CREATE_TASK, KEY, {"task": TASK}
+    )
+    assert _request(Endpoint.GET_BALANCE, KEY, {}) == ApiRequest.get_balance(KEY)
+    sent = send(new_job(), 0.0)
+    assert type(sent) is Send and sent == Send(ApiRequest.create_task(KEY, TASK))
+    assert repr(sent) == repr(Send(ApiRequest.create_task(KEY, TASK)))
+    waiting = new_job()
+    send(waiting, 0.0)
+    waiting.feed(Accepted(7), 0.1)
+    assert type(waiting.next_action(0.1)) is Wait and waiting.next_action(0.2) == Wait(2.1)
+    assert _wait(2.5) == Wait(2.5) and hash(_wait(2.5)) == hash(Wait(2.5))
+    assert repr(_wait(2.5)) == "Wait(until=2.5)"
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        _wait(1.0).until = 2.0  # type: ignore[misc]
+
+    class Subclassed(ApiRequest):
+        pass
+
+    assert type(Subclassed.get_task_result(KEY, 1)) is Subclassed

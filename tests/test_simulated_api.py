@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import pathlib
 from typing import Any
 
@@ -13,7 +14,15 @@ import pytest
 
 from captchaflow.engine import Accepted, VirtualClock, classify
 from captchaflow.policies import Bucket, Failure
-from captchaflow.transports import ApiKey, ApiReply, ApiRequest, Endpoint, NotSent, SentNoReply
+from captchaflow.transports import (
+    ApiKey,
+    ApiReply,
+    ApiRequest,
+    Endpoint,
+    ErrorCode,
+    NotSent,
+    SentNoReply,
+)
 from captchaflow.transports.sim import (
     AccountSpec,
     FaultKind,
@@ -1289,3 +1298,51 @@ async def test_transport_timeout_shorter_than_latency() -> None:
     reply = await transport.send(ApiRequest.get_task_result(ApiKey(KEY), 1), timeout=60.0)
     assert clock.now() == pytest.approx(9.0 + 10.2)
     assert json.loads(reply.body)["status"] == "ready"
+
+
+# -- replies built once ------------------------------------------------------------------------
+
+
+def test_replies_built_once_are_what_json_would_write() -> None:
+    """Error replies (each code, with and without a hint, the hint rounded up to whole
+    seconds) and createTask replies are byte for byte `json.dumps` of their payloads, built
+    once per code and hint however often they are sent."""
+    api = SimulatedAPI(scenario(rate_limit=1))
+    for code_ in ErrorCode:
+        for retry_after in (None, 0.2, 3.0, 7.5, 86_399.9):
+            reply, label, _ = api._error(code_, retry_after)
+            payload: dict[str, Any] = {"code": int(code_), "msg": code_.name}
+            if retry_after is not None:
+                payload["retryAfterSec"] = math.ceil(retry_after)
+            assert reply.body == json.dumps(payload).encode()
+            assert (reply.status, label) == (api.scenario.error_status, f"code:{int(code_)}")
+            assert api._error(code_, retry_after)[0] is reply
+    creating = SimulatedAPI(scenario())
+    for task_id in (1, 2, 10**12):
+        creating._next_task_id = task_id
+        exchange = create(creating, float(task_id))
+        assert exchange.reply is not None
+        assert exchange.reply.body == json.dumps({"taskId": task_id}).encode()
+    limited = SimulatedAPI(scenario(rate_limit=1))
+    create(limited, 10.0)
+    again = create(limited, 10.5)  # the second request within the window: 16, in 1 s
+    assert again.reply is not None and again is create(limited, 10.5)
+    assert (
+        again.reply.body
+        == json.dumps({"code": 16, "msg": "RATE_LIMITED", "retryAfterSec": 1}).encode()
+    )
+
+
+def test_a_reply_sent_again_shares_its_exchange_only_when_nothing_went_wrong() -> None:
+    """The processing reply (and an error sent again) is one exchange object each time it
+    goes out untouched; a fault still makes an exchange of its own (here a slow reply)."""
+    api = SimulatedAPI(scenario())
+    task_id = task_id_of(create(api, 0.0))
+    first, second = poll(api, task_id, 1.0), poll(api, task_id, 2.0)
+    assert first is second and body(first) == {"status": "processing"}
+    assert (first.fate, first.latency, first.label) == (RequestFate.REPLY, 0.1, "processing")
+    slow = SimulatedAPI(with_fault(FaultKind.SLOW, "scheduled", slow_seconds=3.0))
+    task_id = task_id_of(create(slow, 0.0))
+    late = poll(slow, task_id, 1.0)
+    assert late is not poll(slow, task_id, 2.0) and late.latency == 0.2 + 3.0
+    assert body(late) == {"status": "processing"}

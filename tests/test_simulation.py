@@ -3,6 +3,7 @@ time, its determinism, and the report's helpers."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import random
 from collections import Counter
@@ -472,3 +473,140 @@ def test_pool_refuses_bad_tasks_and_timeouts_at_submit() -> None:
     with pytest.raises(ValueError, match="timeout"):
         sim.submit(TASK, timeout=0.0)
     assert Simulation(SimulatedAPI(STEADY), key=KEY, max_in_flight=1).max_in_flight == 1
+
+
+# -- what a run does not pay for ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_run_pauses_the_garbage_collector_and_leaves_it_as_it_was(enabled: bool) -> None:
+    """While `run()` runs, the cyclic garbage collector is off; afterwards it is as it was
+    before (on or off), also when a hook raised out of the run."""
+    paused: list[bool] = []
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        sim = Simulation(
+            SimulatedAPI(STEADY), key=KEY, on_move=lambda job, move: paused.append(gc.isenabled())
+        )
+        sim.submit(TASK)
+        sim.run()
+        assert paused and not any(paused)
+        assert gc.isenabled() is enabled
+
+        def explode(job: Job, move: Move) -> None:
+            raise RuntimeError("a hook failed")
+
+        failing = Simulation(SimulatedAPI(STEADY), key=KEY, on_move=explode)
+        failing.submit(TASK)
+        with pytest.raises(RuntimeError, match="a hook failed"):
+            failing.run()
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
+def test_a_run_leaves_no_garbage_cycles_behind_as_it_goes() -> None:
+    """What pausing the collector rests on: jobs run through faults, retries, resubmits, an
+    outage and a gate make no garbage that only the cyclic collector could free (a full
+    collection every 25 moves finds none), so nothing piles up while it is paused."""
+    found: list[int] = []
+    moves = itertools.count()
+
+    def collect(job: Job, move: Move) -> None:
+        if next(moves) % 25 == 0:
+            found.append(gc.collect())
+
+    sim = Simulation(
+        SimulatedAPI(FLAKY, seed=5),
+        key=KEY,
+        policy=DocumentedPolicy(rng=random.Random(5)),
+        gate=FleetGate(rng=random.Random(5)),
+        on_move=collect,
+    )
+    for i in range(80):
+        sim.submit(TASK, at=i * 0.3)
+    gc.collect()
+    report = sim.run()
+    assert report.retries() > 30 and sum(job.resubmits for job in report.jobs) > 0
+    assert len(found) > 10 and sum(found) == 0
+
+
+def test_a_reply_sent_again_is_classified_once_and_as_classify_would() -> None:
+    """A reply the service sends again (the same endpoint, status, body and retry hint in
+    seconds) gets the outcome `classify` gave it, when that is `Processing` or a failure;
+    a task id, a solution and a reply whose hint is a date (read against the clock) are
+    classified every time."""
+    from captchaflow.engine import Accepted, Processing, Solved, classify
+    from captchaflow.engine._simulation import _EPOCH, _classified
+    from captchaflow.policies import Failure
+    from captchaflow.transports import ApiKey, ApiReply, Endpoint, NotSent
+
+    key = ApiKey(KEY)
+    remembered: dict[Any, Any] = {}
+    poll, create = Endpoint.GET_TASK_RESULT, Endpoint.CREATE_TASK
+    headers = {"content-type": "application/json"}
+    processing = ApiReply.json({"status": "processing"}, headers=headers)
+    limited = ApiReply.json({"code": 16, "msg": "RATE_LIMITED", "retryAfterSec": 3})
+    gateway = ApiReply(503, b"<html>503</html>", {"Retry-After": "2"})
+    # a date an hour and a half after the simulation's epoch (its clock's 0)
+    dated = ApiReply(503, b"<html>503</html>", {"Retry-After": "Tue, 14 Nov 2023 23:43:20 GMT"})
+    for now in (1.0, 2.0):
+        for endpoint, reply in ((poll, processing), (create, limited), (poll, gateway)):
+            outcome = _classified(remembered, endpoint, reply, now, key)
+            assert outcome == classify(endpoint, reply, wall_time=_EPOCH + now, secret=key)
+            assert isinstance(outcome, Processing | Failure)
+            if now == 2.0:  # the same object as the first time
+                assert (
+                    outcome
+                    is remembered[
+                        endpoint, reply.status, reply.body, reply.headers.get("retry-after")
+                    ]
+                )
+    assert len(remembered) == 3
+    early = _classified(remembered, poll, dated, 0.0, key)
+    late = _classified(remembered, poll, dated, 100.0, key)
+    assert isinstance(early, Failure) and isinstance(late, Failure)
+    assert (early.retry_after, late.retry_after) == (5400.0, 5300.0)  # read against the clock
+    accepted = _classified(remembered, create, ApiReply.json({"taskId": 7}), 1.0, key)
+    solved = _classified(
+        remembered, poll, ApiReply.json({"status": "ready", "solution": {}}), 1.0, key
+    )
+    refused = _classified(remembered, create, NotSent("refused"), 1.0, key)
+    assert (accepted, solved) == (Accepted(7), Solved({}))
+    assert isinstance(refused, Failure) and len(remembered) == 3
+
+
+def test_events_come_out_as_one_heap_would_give_them() -> None:
+    """A run takes its events in (time, sequence) order, as one heap of them all would give
+    them: those queued before it (from a sorted list) and those it adds meanwhile (at the
+    current time, later, or before it, as a hook's `submit` may), each once."""
+    import heapq
+    from collections import deque
+    from collections.abc import Iterator
+
+    from captchaflow.engine._simulation import _in_order
+
+    rng = random.Random(4)
+    for _ in range(300):
+        order = itertools.count()
+
+        def event(at: float, order: Iterator[int] = order) -> tuple[float, int, int, None, int]:
+            return (at, next(order), 0, None, -1)
+
+        queued = [event(rng.random() * 10.0) for _ in range(rng.randrange(0, 30))]
+        reference = list(queued)
+        heapq.heapify(reference)
+        added: list[tuple[float, int, int, None, int]] = []
+        taken = _in_order(deque(sorted(queued)), added)
+        for got in taken:
+            assert got == heapq.heappop(reference)
+            for _ in range(rng.choice([0, 0, 1, 2])):
+                now = got[0]
+                new = event(rng.choice([now, now + rng.random(), now + 5 * rng.random(), 0.0]))
+                heapq.heappush(added, new)
+                heapq.heappush(reference, new)
+            if next(order) > 200:
+                break
+        else:
+            assert not reference

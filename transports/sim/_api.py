@@ -38,7 +38,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from captchaflow.transports._base import NotSent, SentNoReply, TransportError
-from captchaflow.transports._wire import ApiReply, ApiRequest, ErrorCode
+from captchaflow.transports._wire import ApiReply, ApiRequest, Endpoint, ErrorCode
 
 from ._scenario import (
     BEFORE_SERVICE,
@@ -163,7 +163,12 @@ class _Account:
 
 class SimulatedAPI:
     """The service: see the module docstring. `keep_log=False` skips the per-request log
-    (counters are always kept)."""
+    (counters are always kept).
+
+    A reply it sends again and again (`processing`, an error code with a given retry hint)
+    is one `ApiReply`, built once, and so is the `SimulatedExchange` that carries it when no
+    fault touches it: replies and exchanges are read-only (frozen; do not change a reply's
+    `headers` either)."""
 
     def __init__(
         self, scenario: Scenario | None = None, *, seed: int = 0, keep_log: bool = True
@@ -186,6 +191,11 @@ class SimulatedAPI:
             for i, spec in enumerate(self.scenario.accounts)
         }
         self._next_task_id = 1
+        # Replies the service sends again and again (processing, its error codes with their
+        # hints) are built once, with the exchange that carries them when nothing goes wrong.
+        self._errors: dict[tuple[ErrorCode, int | None], tuple[ApiReply, str, None]] = {}
+        self._plain: dict[int, SimulatedExchange] = {}
+        self._share(_PROCESSING, "processing")
         rates = self.scenario.faults
         self._fault_rates = [(k, rates.rate(k)) for k in FaultKind if rates.rate(k) > 0]
         self._faults_possible = bool(self._fault_rates or self.scenario.scheduled_faults)
@@ -196,7 +206,7 @@ class SimulatedAPI:
         """What happens to `request` sent at `now` (in-process: the JSON body is not
         encoded and parsed again, which keeps large simulations fast)."""
         payload = {"clientKey": request.key.reveal(), **request.params}
-        return self._handle(request.endpoint.value, payload, now)
+        return self._handle(_PATHS[request.endpoint], payload, now)
 
     def handle_http(self, path: str, body: bytes, now: float) -> SimulatedExchange:
         """What happens to a POST of `body` to `path` at `now` (the HTTP server's entry)."""
@@ -214,7 +224,11 @@ class SimulatedAPI:
         else:
             account = self._account_of(payload)
             reply, label, task_id = self._serve(path, payload, account, now)
-            exchange = self._deliver(reply, label, fault, path, task_id)
+            shared = self._plain.get(id(reply)) if fault is None else None
+            if shared is not None and shared.latency == self.scenario.latency:
+                exchange = shared  # a reply it keeps, and nothing went wrong (see `_share`)
+            else:
+                exchange = self._deliver(reply, label, fault, path, task_id)
         self.stats.outcomes[f"{path} {exchange.label}"] += 1
         if self.keep_log:
             name = account.name if account is not None else None
@@ -227,8 +241,9 @@ class SimulatedAPI:
         for scheduled in self.scenario.scheduled_faults:
             if scheduled.start <= now < scheduled.end and scheduled.endpoint in (None, path):
                 return scheduled.kind
+        draw = self.rng.random
         for kind, rate in self._fault_rates:
-            if self.rng.random() < rate:
+            if draw() < rate:
                 return kind
         return None
 
@@ -263,9 +278,9 @@ class SimulatedAPI:
         self, reply: ApiReply, label: str, fault: FaultKind | None, path: str, task_id: int | None
     ) -> SimulatedExchange:
         latency = self.scenario.latency
-        created = path == "/createTask" and task_id is not None
         if fault is None:
             return SimulatedExchange(RequestFate.REPLY, latency, reply, label=label)
+        created = path == "/createTask" and task_id is not None
         if fault is FaultKind.SLOW:
             return SimulatedExchange(
                 RequestFate.REPLY, latency + self.scenario.faults.slow_seconds, reply, label=label
@@ -322,16 +337,20 @@ class SimulatedAPI:
                 hint = outage.end - now if outage.hint else None
                 return self._error(ErrorCode.SERVICE_UNAVAILABLE, hint)
         spec = account.spec
-        if spec.rate_limit is not None:
+        limit = spec.rate_limit
+        if limit is not None:
             expiries = account.window  # when each admitted request leaves the window
             while expiries and expiries[0] <= now:
                 expiries.popleft()
-            if len(expiries) >= spec.rate_limit:
+            if len(expiries) >= limit:
                 return self._error(ErrorCode.RATE_LIMITED, expiries[0] - now)
             expiries.append(now + spec.rate_window)
-        if spec.plan is PlanState.EXPIRED:
+        plan = spec.plan
+        if plan is _ACTIVE:
+            return None
+        if plan is PlanState.EXPIRED:
             return self._error(ErrorCode.PLAN_EXPIRED)
-        if spec.plan is PlanState.INACTIVE:
+        if plan is PlanState.INACTIVE:
             return self._error(ErrorCode.PLAN_INACTIVE)
         return None
 
@@ -360,7 +379,8 @@ class SimulatedAPI:
         if spec.slots is not None and len(solving) >= spec.slots:
             return self._error(ErrorCode.NO_SLOT_AVAILABLE)
         task_id = self._new_task(task["type"], account, now)
-        return ApiReply.json({"taskId": task_id}), "ok", task_id
+        # What `ApiReply.json({"taskId": task_id})` gives, byte for byte, without the encoder.
+        return ApiReply(200, b'{"taskId": %d}' % task_id), "ok", task_id
 
     def _new_task(self, task_type: str, account: _Account, now: float) -> int:
         kind = self.scenario.task_type(task_type)
@@ -368,7 +388,7 @@ class SimulatedAPI:
         solve = kind.solve_seconds + rng.uniform(-kind.solve_spread, kind.solve_spread)
         solve_at = now + max(kind.min_solve_seconds, solve)
         unsolvable = rng.random() < kind.unsolvable_rate
-        text = "".join(rng.choices(string.ascii_lowercase + string.digits, k=6))
+        text = "".join(rng.choices(_SOLUTION_LETTERS, k=6))
         task_id = self._next_task_id
         self._next_task_id += 1
         self.tasks[task_id] = SimTask(
@@ -405,20 +425,51 @@ class SimulatedAPI:
             error, label, _ = self._error(ErrorCode.ERROR_CAPTCHA_UNSOLVABLE)
             return error, label, task.task_id
         self.stats.solutions_delivered += 1
-        reply = ApiReply.json({"status": "ready", "solution": task.solution})
-        return reply, "ready", task.task_id
+        return _ready(task.solution), "ready", task.task_id
 
     def _error(
         self, code: ErrorCode, retry_after: float | None = None
     ) -> tuple[ApiReply, str, None]:
+        """The reply of an API error `code` with `retryAfterSec` (whole seconds, rounded up)
+        when `retry_after` is given, and its counter label; built once per code and hint."""
+        hint = _whole_seconds(retry_after) if retry_after is not None else None
+        known = self._errors.get((code, hint))
+        if known is not None:
+            return known
         payload: dict[str, Any] = {"code": int(code), "msg": code.name}
-        if retry_after is not None:
-            payload["retryAfterSec"] = _whole_seconds(retry_after)
+        if hint is not None:
+            payload["retryAfterSec"] = hint
         body = json.dumps(payload).encode()
-        return ApiReply(self.scenario.error_status, body, _JSON_HEADERS), f"code:{int(code)}", None
+        reply = ApiReply(self.scenario.error_status, body, _JSON_HEADERS)
+        error = reply, f"code:{int(code)}", None
+        if len(self._errors) < _MAX_SHARED_ERRORS:  # hints until a far reset are many
+            self._errors[code, hint] = error
+            self._share(reply, error[1])
+        return error
+
+    def _share(self, reply: ApiReply, label: str) -> None:
+        """Keep `reply` to send again: its fault-free exchange is built once, here."""
+        exchange = SimulatedExchange(RequestFate.REPLY, self.scenario.latency, reply, label=label)
+        self._plain[id(reply)] = exchange  # the exchange keeps `reply`, so its id stays its own
+
+
+_MAX_SHARED_ERRORS: Final = 1024
 
 
 _REQUIRED: Final = {"/createTask": "task", "/getTaskResult": "taskId"}
+_PATHS: Final = {endpoint: endpoint.value for endpoint in Endpoint}
+_ACTIVE: Final = PlanState.ACTIVE
+_SOLUTION_LETTERS: Final = string.ascii_lowercase + string.digits
+
+
+def _ready(solution: dict[str, Any]) -> ApiReply:
+    """What `ApiReply.json({"status": "ready", "solution": solution})` gives, byte for byte;
+    a solution of one short ASCII letters-and-digits text (what the service makes) written
+    without the encoder."""
+    text = solution.get("text")
+    if len(solution) == 1 and type(text) is str and text.isascii() and text.isalnum():
+        return ApiReply(200, b'{"status": "ready", "solution": {"text": "%s"}}' % text.encode())
+    return ApiReply.json({"status": "ready", "solution": solution})
 
 
 def _whole_seconds(delay: float) -> int:
