@@ -201,9 +201,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--trace", action="store_true", help="rejections over time")
+    parser.add_argument(
+        "--ways", default="shared,independent", help="which ways to run (both for the summary)"
+    )
     args = parser.parse_args()
     redis_url, redis_proc, redis_dir = start_redis()
-    results: dict[str, list[Outcome]] = {"shared": [], "independent": []}
+    results: dict[str, list[Outcome]] = {way: [] for way in args.ways.split(",")}
     try:
         for _round in range(args.rounds):
             for way in results:
@@ -229,6 +232,8 @@ def main() -> None:
             f"{mean(outcomes, 'no_slot'):>6.0f} {mean(outcomes, 'makespan'):>11.1f} "
             f"{max(o.billed_per_task for o in outcomes):>12.3f}"
         )
+    if set(results) != {"shared", "independent"}:
+        return
     shared, independent = results["shared"], results["independent"]
     rejected = mean(shared, "rejected") / max(1.0, mean(independent, "rejected"))
     makespan = mean(shared, "makespan") / mean(independent, "makespan")

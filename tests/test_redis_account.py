@@ -18,14 +18,18 @@ import pytest
 import redis.asyncio as aioredis
 from redis_server import RedisServer
 
+from captchaflow.engine._clock import VirtualClock
 from captchaflow.engine.distributed._account import (
     AccountStateUnavailable,
     SharedAccount,
     SharedState,
     account_client,
 )
+from captchaflow.engine.distributed._gate import SharedGate
 from captchaflow.engine.distributed._keys import account_id
-from captchaflow.transports import ApiKey
+from captchaflow.engine.distributed._sync import AccountSync
+from captchaflow.policies import Admit, Bucket, Failure
+from captchaflow.transports import ApiKey, Endpoint, ErrorCode
 
 pytestmark = pytest.mark.anyio
 
@@ -629,3 +633,34 @@ async def test_before_any_refusal_slots_grow_by_slow_start(
         await a.slot_accepted(16)
         assert await b.acquire_slots(100) == 16
         assert (await b.state()).slot_limit is None
+
+
+async def test_a_sync_round_learns_the_slots_in_use_without_the_refused_ones(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """A worker held 5 slots, and the service refused 2 of the 5 createTasks: the slot limit
+    learned is the 3 tasks that exist, not 5: the refused slots go back to the account
+    before the refusal is published (else the limit stays above what the service holds,
+    and every round meets more refusals)."""
+    create = Endpoint.CREATE_TASK
+    no_slot = Failure(
+        Bucket.RETRYABLE, "NO_SLOT_AVAILABLE", "", create, code=int(ErrorCode.NO_SLOT_AVAILABLE)
+    )
+    async with fleet(redis_url, redis_namespace) as [account]:
+        gate, clock = SharedGate(), VirtualClock()
+        sync = AccountSync(gate, account, clock, lambda jobs: None)
+        jobs = [f"job{n}" for n in range(5)]
+        for job in jobs:
+            gate.register(job, clock.now())
+            gate.admit(job, create, retry=False, now=clock.now())  # waits for a slot
+        await sync.sync_once()  # leases the 5 slots
+        for job in jobs:
+            assert isinstance(gate.admit(job, create, retry=False, now=clock.now()), Admit)
+        for job in jobs[:2]:
+            gate.observe(job, create, no_slot, sent_at=clock.now(), now=clock.now())
+        for job in jobs[2:]:
+            gate.observe(job, create, None, sent_at=clock.now(), now=clock.now())
+        await sync.sync_once()
+        state = await account.state()
+        # 3, then half a slot per round of 3 for the 3 tasks accepted
+        assert (state.slot_limit, state.slots_in_use) == (3.5, 3)

@@ -90,6 +90,15 @@ class AccountSync:
         held = view.slots + len(gate.slot_holders) + gate.refused_slots
         state = await account.heartbeat(held=held)
         offset = self.clock.now() - state.server_time  # server time + offset = our time
+        # Slots handed back first: a refusal's clamp to the slots in use must not count the
+        # slots of the createTasks it refused.
+        spare = gate.spare_slots(self.keep_slots)
+        if spare:
+            try:
+                await account.release_slots(spare)
+            except BaseException:
+                gate.refused_slots += spare  # not given back yet: next round
+                raise
         accepted_slots = sum(event.kind == "slot_accepted" for event in self._pending)
         while self._pending:
             event = self._pending[0]
@@ -101,13 +110,6 @@ class AccountSync:
         if self._accepted:
             await account.requests_accepted(self._accepted)
             self._accepted = 0
-        spare = gate.spare_slots(self.keep_slots)
-        if spare:
-            try:
-                await account.release_slots(spare)
-            except BaseException:
-                gate.refused_slots += spare  # not given back yet: next round
-                raise
         wanted = gate.wanted_slots
         if wanted:
             gate.leased(slots=await account.acquire_slots(min(wanted, self.slot_batch)))
