@@ -205,16 +205,21 @@ class SimulatedAPI:
     def handle(self, request: ApiRequest, now: float) -> SimulatedExchange:
         """What happens to `request` sent at `now` (in-process: the JSON body is not
         encoded and parsed again, which keeps large simulations fast)."""
-        payload = {"clientKey": request.key.reveal(), **request.params}
-        return self._handle(_PATHS[request.endpoint], payload, now)
+        params = request.params  # its own `clientKey`, if it has one, wins (as in its body)
+        key = params["clientKey"] if "clientKey" in params else request.key.reveal()
+        return self._handle(_PATHS[request.endpoint], key, params, now)
 
     def handle_http(self, path: str, body: bytes, now: float) -> SimulatedExchange:
         """What happens to a POST of `body` to `path` at `now` (the HTTP server's entry)."""
-        return self._handle(path, _parse_object(body), now)
+        payload = _parse_object(body)
+        key = payload.get("clientKey") if payload is not None else None
+        return self._handle(path, key, payload, now)
 
     def _handle(
-        self, path: str, payload: Mapping[str, Any] | None, now: float
+        self, path: str, key: object, payload: Mapping[str, Any] | None, now: float
     ) -> SimulatedExchange:
+        """One request to `path` with the account key `key` (as sent: anything) and the
+        other fields `payload` (None: the body was not a JSON object)."""
         self.stats.requests[path] += 1
         fault = self._draw_fault(path, now) if self._faults_possible else None
         account: _Account | None = None
@@ -222,7 +227,7 @@ class SimulatedAPI:
         if fault in BEFORE_SERVICE:
             exchange = self._fault_before(fault)
         else:
-            account = self._account_of(payload)
+            account = self._accounts.get(key) if isinstance(key, str) else None
             reply, label, task_id = self._serve(path, payload, account, now)
             shared = self._plain.get(id(reply)) if fault is None else None
             if shared is not None and shared.latency == self.scenario.latency:
@@ -302,10 +307,6 @@ class SimulatedAPI:
         )
 
     # -- the service -----------------------------------------------------------------------
-
-    def _account_of(self, payload: Mapping[str, Any] | None) -> _Account | None:
-        key = payload.get("clientKey") if payload is not None else None
-        return self._accounts.get(key) if isinstance(key, str) else None
 
     def _serve(
         self, path: str, payload: Mapping[str, Any] | None, account: _Account | None, now: float
