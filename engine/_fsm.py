@@ -20,7 +20,8 @@ polling.
 The table `TRANSITIONS` below is plain data, handed to `transitions.Machine` once. Jobs do
 not get a machine, nor bound trigger methods (thousands of jobs would cost hundreds of
 microseconds and kilobytes each); a job is just an object with a `state` attribute, moved by
-`apply_trigger(job, trigger)`, which looks the trigger up in the shared machine. Illegal moves raise
+`apply_trigger(job, trigger)`, which looks the trigger up in the shared machine (a `Job` reads
+the same moves from `_DESTINATIONS`, a table taken out of the machine once). Illegal moves raise
 `IllegalTransitionError`. `specs/task-fsm.json` states the same machine and a test compares
 it with what `machine_table()` reads back out of the live machine.
 """
@@ -138,6 +139,23 @@ def apply_trigger(model: _HasState, trigger: str) -> None:
         raise IllegalTransitionError(trigger, model.state, known=True)
     dest = moves[0].dest  # None only for transitions' internal moves, which this machine lacks
     model.state = model.state if dest is None else dest
+
+
+def _destinations() -> dict[tuple[str, str], str]:
+    """`{(source, trigger): dest}` for every move of the live machine: where `apply_trigger`
+    takes a model in `source` along `trigger` (read from the same table, once)."""
+    return {
+        (source, name): source if moves[0].dest is None else moves[0].dest
+        for name, event in _MACHINE.events.items()
+        for source, moves in event.transitions.items()
+        if moves
+    }
+
+
+_DESTINATIONS: Final = _destinations()
+"""Where each legal move leads, `{(source, trigger): dest}`: what `apply_trigger` does,
+without its two lookups (a job's `_move` reads it; anything absent goes through
+`apply_trigger`, which raises)."""
 
 
 def machine_table() -> dict[str, dict[str, str]]:

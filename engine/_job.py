@@ -73,7 +73,7 @@ from ._errors import (
     PolicyError,
     error_class_for,
 )
-from ._fsm import INITIAL_STATE, TERMINAL_STATES, Move, TaskState, apply_trigger
+from ._fsm import _DESTINATIONS, INITIAL_STATE, TERMINAL_STATES, Move, TaskState, apply_trigger
 from ._words import counted
 
 __all__ = [
@@ -128,9 +128,15 @@ FINISHED: Final = Finished()
 _GATE_FAILED: Final = object()
 _new_move: Final = tuple.__new__
 """Makes a `Move` as `Move(...)` does, without the call through its generated `__new__`."""
+
+_Entry: TypeAlias = tuple[float, str, str, str, str]
+"""A move as a job keeps it until its `history` is read: a plain tuple of `Move`'s fields."""
+
 _CREATE: Final = Endpoint.CREATE_TASK
 _GET: Final = Endpoint.GET_TASK_RESULT
 _BACKOFF: Final = TaskState.BACKOFF.value
+_INITIAL: Final = INITIAL_STATE.value
+_READY: Final = TaskState.READY.value
 
 MIN_WAIT: Final = 0.001
 """Seconds: the least time any wait of a job lasts (a retry after 0 s, a gate's hold until
@@ -298,6 +304,7 @@ class Job:
         "_hold_reason",
         "_holds_at_one_time",
         "_latest",
+        "_log",
         "_next_at",
         "_previous_delay",
         "_processing_at",
@@ -307,7 +314,6 @@ class Job:
         "deadline",
         "error",
         "gate",
-        "history",
         "key",
         "last_failure",
         "policy",
@@ -341,8 +347,8 @@ class Job:
         self.schedule = schedule
         self.started_at = now
         self.deadline = now + timeout
-        self.state: str = INITIAL_STATE.value
-        self.history: list[Move] = []
+        self.state: str = _INITIAL
+        self._log: tuple[_Entry, ...] | list[Move] = ()
         self.task_id: TaskId | None = None
         self.attempt = 0
         self.resubmits = 0
@@ -369,6 +375,22 @@ class Job:
             gate.register(self, now)
 
     # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def history(self) -> list[Move]:
+        """The job's moves, oldest first: the same list at every read, to which each later
+        move is appended.
+
+        Until it is first read, a job keeps its moves as plain tuples in a tuple, which the
+        garbage collector stops tracking (it never does for `Move`s, a tuple subclass): a
+        hundred thousand jobs in flight would otherwise give its full passes eight objects
+        each to walk, the job itself, this list and a `Move` per move."""
+        log = self._log
+        if type(log) is list:
+            return log
+        moves = [_new_move(Move, entry) for entry in log]
+        self._log = moves
+        return moves
 
     @property
     def finished(self) -> bool:
@@ -600,10 +622,18 @@ class Job:
 
     def _move(self, trigger: str, now: float, cause: str) -> None:
         source = self.state
-        apply_trigger(self, trigger)
-        move = _new_move(Move, (now, source, self.state, trigger, self.key.redact(cause)))
-        self.history.append(move)
-        if self.gate is not None and self.state in TERMINAL_STATES:
+        dest = _DESTINATIONS.get((source, trigger))  # `apply_trigger(self, trigger)`, inlined
+        if dest is None:
+            apply_trigger(self, trigger)  # raises: not a move of the machine
+            dest = self.state
+        self.state = dest
+        entry = (now, source, dest, trigger, self.key.redact(cause))
+        log = self._log
+        if isinstance(log, list):
+            log.append(_new_move(Move, entry))
+        else:
+            self._log = (*log, entry)
+        if self.gate is not None and dest in TERMINAL_STATES:
             if self._task_may_run_on():
                 left_running = getattr(self.gate, "task_left_running", None)
                 if callable(left_running):
@@ -617,13 +647,13 @@ class Job:
         """Whether the job ends with a task the service may still be solving: it has one,
         was not found solved, and no API error code said the task was over (it gave up at
         its deadline, was cancelled, or its polls got no answer)."""
-        if self.task_id is None or self.state == TaskState.READY.value:
+        if self.task_id is None or self.state == _READY:
             return False
         return self.last_failure is None or self.last_failure.code is None
 
     def _before_first_request(self, what: str) -> None:
         """Raise `JobStateError` unless the job has not moved or sent anything yet."""
-        if self.state != INITIAL_STATE.value or self.requests_sent or self._awaiting:
+        if self.state != _INITIAL or self.requests_sent or self._awaiting:
             raise JobStateError(f"only a job that has sent nothing can {what}")
 
     def _accept(self, task_id: TaskId, now: float, cause: str) -> None:
@@ -865,7 +895,7 @@ class Job:
             reason = f"last failure: {_describe(last)}"
         self._move("fail", now, "deadline passed")
         self.error = DeadlineExceededError(
-            f"no solution within the deadline (state was {self.history[-1].source})",
+            f"no solution within the deadline (state was {self._log[-1][1]})",
             name="DEADLINE_EXCEEDED",
             reason=reason,
             failure=last,

@@ -52,7 +52,7 @@ import heapq
 import math
 import random
 from collections.abc import Hashable
-from typing import Final, Protocol, TypeAlias, cast, runtime_checkable
+from typing import Final, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
@@ -391,12 +391,14 @@ class FailureRateBreaker:
     threshold: float = attrs.field(default=0.5)
     base: float = 1.0
     cap: float = 30.0
-    calls: dict[Endpoint, collections.deque[float | tuple[float, Failure]]] = attrs.field(
+    calls: dict[Endpoint, collections.deque[float | tuple[float, float | None]]] = attrs.field(
         factory=dict, repr=False
     )
     """The replies in each endpoint's window, oldest first: the time of one the API answered,
-    (time, failure) for noise. (Most replies are answered, and a bare time costs a job in
-    flight a third of what a pair would: the window holds every reply of its last 10 s.)"""
+    (time, the failure's `retry_after`) for noise. (Most replies are answered, and a bare
+    time costs a job in flight a third of what a pair would: the window holds every reply of
+    its last 10 s. A pair holds no `Failure`: a tuple of numbers is one the garbage collector
+    stops tracking, where a hundred thousand jobs in flight would give it as many pairs.)"""
     failed: dict[Endpoint, int] = attrs.field(factory=dict, repr=False)
     pauses: dict[Endpoint, PauseState] = attrs.field(factory=dict)
 
@@ -432,16 +434,16 @@ class FailureRateBreaker:
         if noise is None:
             calls.append(now)
         else:
-            calls.append((now, noise))
+            calls.append((now, noise.retry_after))
             failed += 1
         horizon = now - self.window
         while calls:
             oldest = calls[0]
-            if type(oldest) is tuple:
+            if isinstance(oldest, tuple):
                 if oldest[0] > horizon:
                     break
                 failed -= 1
-            elif cast(float, oldest) > horizon:
+            elif oldest > horizon:
                 break
             calls.popleft()
         self.failed[endpoint] = failed
@@ -451,9 +453,7 @@ class FailureRateBreaker:
             return False
         pause = self.pauses.setdefault(endpoint, PauseState())
         pause.strikes += 1
-        hint = max(
-            (call[1].retry_after or 0.0 for call in calls if isinstance(call, tuple)), default=0.0
-        )
+        hint = max((call[1] or 0.0 for call in calls if isinstance(call, tuple)), default=0.0)
         end = now + max(self._wait(pause.strikes, noise, rng), hint)
         self._reset(endpoint)
         pause.extend(end, noise, probe=True)

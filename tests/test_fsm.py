@@ -315,3 +315,20 @@ def test_mutant_machine_without_a_move_no_longer_matches_the_readme(
     del table["hold"]
     monkeypatch.setattr(fsm_module, "machine_table", lambda: table)
     assert fsm_module.machine_mermaid() != _readme_mermaid()
+
+
+@pytest.mark.parametrize("state", [*(s.value for s in TaskState), "nowhere"])
+def test_the_destination_table_moves_as_apply_trigger_moves(state: str) -> None:
+    """`Job._move` reads `_DESTINATIONS` instead of calling `apply_trigger` (its inlined
+    copy): for every state, and every trigger of the machine or not, the table names the
+    state `apply_trigger` moves a model to, and lacks exactly the moves it refuses."""
+    for trigger in [*machine_table(), "nothing"]:
+        model = Model(state)
+        dest = fsm_module._DESTINATIONS.get((state, trigger))
+        if dest is None:
+            with pytest.raises(IllegalTransitionError):
+                apply_trigger(model, trigger)
+            assert model.state == state
+        else:
+            apply_trigger(model, trigger)
+            assert model.state == dest

@@ -9,6 +9,7 @@ import pathlib
 import random
 from collections.abc import Callable
 
+import attrs
 import pytest
 from strategies import EdgeRandom
 
@@ -20,12 +21,14 @@ from captchaflow.policies import (
     Admit,
     Bucket,
     CircuitBreaker,
+    DocumentedPolicy,
     Failure,
     FailureRateBreaker,
     FixedInterval,
     FleetGate,
     Hold,
     OpenGate,
+    PauseState,
     Refuse,
     RetryBudget,
     SharedPause,
@@ -34,8 +37,16 @@ from captchaflow.policies import (
     TimingGate,
     bucket_of_code,
 )
+from captchaflow.policies._gate import _settled, _unprobed
 from captchaflow.transports import Endpoint
-from captchaflow.transports.sim import AccountSpec, Scenario, SimulatedAPI, TaskTypeSpec
+from captchaflow.transports.sim import (
+    AccountSpec,
+    FaultRates,
+    Outage,
+    Scenario,
+    SimulatedAPI,
+    TaskTypeSpec,
+)
 
 CREATE, POLL = Endpoint.CREATE_TASK, Endpoint.GET_TASK_RESULT
 
@@ -1529,3 +1540,161 @@ def test_on_a_starved_account_jobs_giving_up_do_not_teach_the_gate_fewer_slots()
     simulation.run()
     assert gate.concurrency is not None and gate.concurrency.limit is not None
     assert gate.concurrency.limit >= 5
+
+
+# -- the fast paths of `FleetGate`, pinned to the parts' own methods -----------------------
+
+
+class _PauseState(PauseState):
+    """A `PauseState` that `FleetGate` does not recognise as the built-in one: it asks its
+    methods instead of reading its fields inline."""
+
+
+def _pause_states() -> list[PauseState]:
+    return [
+        PauseState(until=until, probing=probing, probe=probe, strikes=strikes)
+        for until in (-math.inf, 0.0, 1.0, 2.0, math.inf)
+        for probing in (False, True)
+        for probe in (None, "a", "b")
+        for strikes in (0, 1)
+    ]
+
+
+@pytest.mark.parametrize("now", [-1.0, 0.0, 0.5, 1.0, 3.0])
+def test_the_inlined_pause_checks_answer_what_the_methods_answer(now: float) -> None:
+    """`FleetGate.admit` and `observe` read a built-in `PauseState`'s fields instead of
+    calling `active`, `_unprobed` and `_settled` (their inlined copies); each copy is the
+    same test, and the helpers mean what their names say: `claim` leaves an unprobed pause
+    as it is, `succeed` a settled one (and returns False)."""
+    for state in _pause_states():
+        assert state.active(now) == (now < state.until or state.probing)  # admit's copy
+        assert _unprobed(state) == (not state.probing)  # admit's copy: `account.probing`
+        assert _settled(state) == (  # observe's copy
+            not (state.strikes or state.probing or state.probe is not None)
+        )
+        for job in ("a", "c"):
+            claimed = attrs.evolve(state)
+            claimed.claim(job, now)
+            if _unprobed(state):
+                assert claimed == state
+        succeeded = attrs.evolve(state)
+        if _settled(state):
+            assert succeeded.succeed() is False and succeeded == state
+        assert not _unprobed(_PauseState(probing=False)) and not _settled(_PauseState())
+
+
+def _asks_every_part() -> FleetGate:
+    """The default gate with every part a subclass of the built-in: `FleetGate`'s fast
+    paths (`type(part) is ...`) never apply, so it calls every part's methods."""
+
+    class Pause(SharedPause):
+        pass
+
+    class Breaker(FailureRateBreaker):
+        pass
+
+    class Circuit(CircuitBreaker):
+        pass
+
+    class Startup(StartupWindow):
+        pass
+
+    class Rate(AdaptiveRate):
+        pass
+
+    return FleetGate(
+        pause=Pause(account=_PauseState(), quota=_PauseState()),
+        breaker=Breaker(),
+        circuit=Circuit(),
+        startup=Startup(),
+        rate=Rate(),
+        rng=random.Random(5),
+    )
+
+
+_SCENARIOS = {
+    "rate limited, outage, noise": Scenario(
+        accounts=(AccountSpec(key="k" * 12, rate_limit=8),),
+        outages=(Outage(start=4.0, end=9.0, hint=False),),
+        faults=FaultRates(http_5xx=0.2, timeout_after=0.05, http_429=0.05),
+        default_task=TaskTypeSpec(solve_seconds=4.0, solve_spread=2.0),
+    ),
+    "slots and quotas": Scenario(
+        accounts=(AccountSpec(key="k" * 12, slots=6, plan_quota=25),),
+        default_task=TaskTypeSpec(solve_seconds=6.0, solve_spread=3.0, unsolvable_rate=0.1),
+    ),
+    "an outage with a hint": Scenario(
+        accounts=(AccountSpec(key="k" * 12),),
+        outages=(Outage(start=1.0, end=6.0, hint=True),),
+        faults=FaultRates(http_5xx=0.1),
+    ),
+    "a failing endpoint": Scenario(
+        accounts=(AccountSpec(key="k" * 12, rate_limit=8),),
+        outages=(Outage(start=2.0, end=9.0, hint=False),),
+        faults=FaultRates(http_5xx=0.4),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SCENARIOS))
+def test_the_fleet_gates_fast_paths_decide_what_its_parts_decide(name: str) -> None:
+    """Pins every inlined copy in `FleetGate.standing`, `admit`, `observe` and `release`
+    (the checks that skip a built-in part whose method would do nothing): the same fleet
+    under the default gate and under one whose parts are subclasses, which asks each part
+    every time, makes the same moves at the same times, request for request."""
+    histories = []
+    for gate in (FleetGate(rng=random.Random(5)), _asks_every_part()):
+        api = SimulatedAPI(_SCENARIOS[name], seed=4, keep_log=False)
+        policy = DocumentedPolicy(rng=random.Random(6))
+        simulation = Simulation(api, key="k" * 12, policy=policy, timeout=40.0, gate=gate)
+        for index in range(120):
+            simulation.submit({"type": "ImageToTextTask", "body": "aGk="}, at=index / 20)
+        report = simulation.run()
+        histories.append([(job.requests_sent, job.history) for job in report.jobs])
+    assert histories[0] == histories[1]
+    assert len({move.trigger for _, history in histories[0] for move in history}) >= 4
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_fleet_gates_fast_paths_answer_what_its_parts_answer(seed: int) -> None:
+    """The same pin, request by request: random questions and replies (account pauses with
+    and without a hint, quota pauses, noise, a permanent error, successes) put to the
+    default gate and to one that asks every part get the same answers and wake-ups."""
+    rng = random.Random(seed)
+    replies = [
+        None,
+        None,
+        None,
+        failure(21),
+        failure(16, hint=0.5),
+        failure(16),
+        failure(18),
+        failure(None, bucket=Bucket.TRANSIENT_HTTP, status=503),
+        failure(None, bucket=Bucket.TRANSIENT_HTTP, status=503, endpoint=POLL),
+        failure(1) if seed % 3 == 0 else None,
+    ]
+    gates = (FleetGate(rng=random.Random(seed)), _asks_every_part())
+    gates[1].rng = random.Random(seed)
+    jobs = "abcdefgh"
+    for job in jobs:
+        for gate in gates:
+            gate.register(job, 0.0)
+    now = 0.0
+    for _ in range(400):
+        now += rng.choice((0.0, 0.05, 0.3, 1.5))
+        job, endpoint = rng.choice(jobs), rng.choice((CREATE, POLL))
+        op = rng.randrange(5)
+        reply = rng.choice(replies)
+        answers = []
+        for gate in gates:
+            if op == 0:
+                answers.append(gate.standing(job, endpoint, now))
+            elif op in (1, 2):
+                answers.append(gate.admit(job, endpoint, retry=op == 2, now=now))
+            elif op == 3:
+                gate.observe(job, endpoint, reply, sent_at=now - 0.05, now=now)
+            else:
+                gate.release(job, now)
+                gate.register(job, now)
+            answers.append(gate.wakeups())
+        assert answers[: len(answers) // 2] == answers[len(answers) // 2 :]

@@ -27,6 +27,7 @@ from captchaflow.engine import (
     JobCancelledError,
     JobStateError,
     MalformedReplyError,
+    Move,
     NoReplyError,
     Outcome,
     PermanentError,
@@ -934,3 +935,105 @@ def test_the_shortcut_constructors_make_what_the_classes_make() -> None:
         pass
 
     assert type(Subclassed.get_task_result(KEY, 1)) is Subclassed
+
+
+def _lived(read_early: bool) -> tuple[Job, list[Move], int]:
+    """A job that is accepted, meets a 503, retries and is solved; its history read after
+    its first move (then kept) or only at the end."""
+    job = new_job()
+    send(job, 0.0)
+    job.feed(Accepted(7), 0.1)
+    early = job.history if read_early else []
+    length = len(early)
+    send(job, 2.1)
+    job.feed(fail(Bucket.TRANSIENT_HTTP, Endpoint.GET_TASK_RESULT, http_status=503), 2.2)
+    until = job.next_action(2.2)
+    assert isinstance(until, Wait)
+    send(job, until.until)
+    job.feed(Solved({"text": "x"}), until.until + 0.1)
+    return job, early, length
+
+
+def test_a_history_read_early_or_late_is_the_same_list_of_moves() -> None:
+    """A job keeps its moves as plain tuples until `history` is first read; from then on
+    `history` is one list of `Move`s, the same object at every read, to which later moves
+    are appended: a history read after the first move and one read only at the end hold
+    the same moves, of the same type, and every read returns the list read before."""
+    early_job, early, length = _lived(read_early=True)
+    late_job, _, _ = _lived(read_early=False)
+    assert length == 1 and early is early_job.history and len(early) == 4
+    assert early_job.history == late_job.history
+    assert [m.trigger for m in late_job.history] == ["accept", "defer", "retry_poll", "solve"]
+    for job in (early_job, late_job):
+        assert type(job.history) is list and job.history is job.history
+        assert all(type(move) is Move for move in job.history)
+    held = late_job.history
+    late_job.cancel(99.0)  # finished: nothing moves, and the list read is the list kept
+    assert late_job.history is held and len(held) == 4
+    pending = new_job()
+    kept = pending.history
+    assert kept == [] and pending.cancel(1.0) and kept[-1].trigger == "cancel"
+
+
+def test_a_job_refuses_an_illegal_move_as_the_machine_does() -> None:
+    """`Job._move` reads the destination table instead of calling `apply_trigger` (its
+    inlined copy); a move the machine lacks still goes through `apply_trigger`, which
+    raises, and the job is left as it was."""
+    from captchaflow.engine import IllegalTransitionError
+
+    job = new_job()
+    with pytest.raises(IllegalTransitionError, match="solve"):
+        job._move("solve", 0.0, "not legal from submitted")
+    with pytest.raises(IllegalTransitionError, match="no-such-trigger"):
+        job._move("no-such-trigger", 0.0, "unknown")
+    assert job.state == "submitted" and job.history == []
+
+
+class _Answers:
+    """A poll schedule that answers `answer` (or raises it, if an exception)."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def delay_before_poll(self, poll: int) -> float:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [2.0, 0.05, 1e-9, 0.0, -1.0, math.nan, math.inf, 3, 0, True, "2", None, 500.0, ValueError("x")],
+)
+def test_feed_schedules_the_next_poll_as_schedule_poll_does(answer: object) -> None:
+    """`feed` of a processing reply computes the next poll inline instead of calling
+    `_schedule_poll` (its inlined copy): for any answer of the schedule, good, odd, garbage
+    or raising, it leaves the job as `_schedule_poll` leaves its twin (same next send
+    time, state, error)."""
+    inline, twin = new_job(schedule=_Answers(2.0)), new_job(schedule=_Answers(2.0))
+    for job in (inline, twin):
+        send(job, 0.0)
+        job.feed(Accepted(7), 0.1)
+        send(job, 2.1)
+        job.schedule = _Answers(answer)  # type: ignore[assignment]
+    inline.feed(Processing(), 2.2)
+    twin._awaiting = None
+    twin._schedule_poll(2.2)
+    assert (inline._next_at, inline.state) == (twin._next_at, twin.state)
+    assert repr(inline.error) == repr(twin.error)
+
+
+@pytest.mark.parametrize("now", [0.1, 0.5, 2.0, 2.0999])
+def test_next_action_waits_as_wait_makes_it(now: float) -> None:
+    """`next_action` makes its commonest `Wait` inline, as `_wait` does (its inlined
+    copy): equal, of the same type, hash and repr, and frozen."""
+    from captchaflow.engine._job import _wait
+
+    job = new_job()
+    send(job, 0.0)
+    job.feed(Accepted(7), 0.1)
+    action = job.next_action(now)
+    assert type(action) is Wait and action == _wait(2.1) == Wait(2.1)
+    assert hash(action) == hash(Wait(2.1)) and repr(action) == repr(_wait(2.1))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        action.until = 3.0  # type: ignore[misc]
