@@ -17,6 +17,7 @@ KEYS = (
     "bench-journal-key",
     "bench-http-key",
     "bench-scale-key",
+    "bench-short-timeout-key",
 )
 
 
@@ -38,6 +39,7 @@ KEYS = (
         ("journal.py", ["--jobs", "40", "--rounds", "1"], "journal: sqlite_vs_none="),
         ("imports.py", ["--runs", "1"], "imports: engine_vs_httpx="),
         ("scale.py", ["--sizes", "100,300", "--runs", "1"], "scale: jobs=300 bytes_per_job="),
+        ("short_timeout.py", ["--seeds", "1"], "short_timeout: worst_solved_vs_open="),
         (
             "http.py",  # the entry point, which runs http_cost.py
             ["--tasks", "20", "--in-flight", "5", "--connections", "5", "--rounds", "1"],
