@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import pytest
 import transport_kinds
@@ -28,6 +29,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 logging.getLogger("transitions").setLevel(logging.WARNING)
 
 pytest_plugins = ["secret_scan", "pytester", "redis_server"]
+
+# A shell without job control starts a background command with SIGINT ignored, and every
+# process a test starts would inherit that: the Ctrl-C tests would find the signal never
+# delivered. A handler set here becomes the default disposition in those processes.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SECRET_KEY = "sk-test-7f3c9a1e-DO-NOT-LEAK"
 """The API key most tests use; `secret_scan` fails any test whose output shows it."""
