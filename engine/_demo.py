@@ -3,7 +3,6 @@ service, with a realistic mix of faults, in virtual time: no key, no network."""
 
 from __future__ import annotations
 
-import gc
 import random
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from captchaflow.transports.sim import (
 )
 
 from ._engine import DEFAULT_TIMEOUT, default_gate
-from ._simulation import Simulation, SimulationReport
+from ._simulation import Simulation, SimulationReport, gc_paused
 from ._words import counted
 from .instrumentation import Hook
 
@@ -87,14 +86,9 @@ def run_demo(
         gate=default_gate(random.Random(seed)),
         hooks=hooks,
     )
-    collecting = gc.isenabled()
-    gc.disable()  # as `run()` does: making the jobs makes no reference cycles either
-    try:
+    with gc_paused():  # as `run()` does: making the jobs makes no reference cycles either
         for _ in range(tasks):
             simulation.submit(DEMO_TASK, at=arrivals.uniform(0.0, spread))
-    finally:
-        if collecting:
-            gc.enable()
     started = time.perf_counter()
     report = simulation.run()
     return report, time.perf_counter() - started

@@ -24,6 +24,7 @@ the same frozen object, which is what `classify` would answer (it reads nothing 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import heapq
 import itertools
@@ -250,13 +251,8 @@ class Simulation:
         submitted task has had its job and it has finished). The cyclic garbage collector is
         paused meanwhile (as it was before is how it is left: garbage cycles that hooks or
         policies make are collected after the run)."""
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             return self._run()
-        finally:
-            if collecting:
-                gc.enable()
 
     def _run(self) -> SimulationReport:
         events, jobs, api, on_move = self._events, self.jobs, self.api, self.on_move
@@ -358,6 +354,19 @@ class Simulation:
             self._timer(now, len(self.jobs) - 1)
             free -= 1
         return free
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused for the block, and left as it was found (jobs and
+    the simulated service make no reference cycles, so nothing piles up meanwhile)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 Event: TypeAlias = tuple[float, int, int, Outcome | None, int]

@@ -16,6 +16,7 @@ from captchaflow.engine import (
     InvalidTaskError,
     Job,
     Move,
+    MoveHook,
     PermanentError,
     RetriesExhaustedError,
     Simulation,
@@ -424,19 +425,26 @@ def test_without_a_pool_time_to_solution_is_unchanged() -> None:
     assert bare.time_to_solution() == report.time_to_solution()
 
 
-def gated_flaky(max_in_flight: int | None) -> SimulationReport:
-    """80 tasks on `FLAKY` behind a seeded `FleetGate`, with request log."""
-    api = SimulatedAPI(FLAKY, seed=5, keep_log=True)
+def gated_flaky_simulation(
+    max_in_flight: int | None = None, on_move: MoveHook | None = None
+) -> Simulation:
+    """80 tasks submitted on `FLAKY` behind a seeded `FleetGate`, with request log."""
     sim = Simulation(
-        api,
+        SimulatedAPI(FLAKY, seed=5, keep_log=True),
         key=KEY,
         policy=DocumentedPolicy(rng=random.Random(5)),
         gate=FleetGate(rng=random.Random(5)),
         max_in_flight=max_in_flight,
+        on_move=on_move,
     )
     for i in range(80):
         sim.submit(TASK, at=i * 0.3)
-    return sim.run()
+    return sim
+
+
+def gated_flaky(max_in_flight: int | None) -> SimulationReport:
+    """`gated_flaky_simulation(max_in_flight)`, run."""
+    return gated_flaky_simulation(max_in_flight).run()
 
 
 @pytest.mark.parametrize("max_in_flight", [None, 10])
@@ -517,15 +525,7 @@ def test_a_run_leaves_no_garbage_cycles_behind_as_it_goes() -> None:
         if next(moves) % 25 == 0:
             found.append(gc.collect())
 
-    sim = Simulation(
-        SimulatedAPI(FLAKY, seed=5),
-        key=KEY,
-        policy=DocumentedPolicy(rng=random.Random(5)),
-        gate=FleetGate(rng=random.Random(5)),
-        on_move=collect,
-    )
-    for i in range(80):
-        sim.submit(TASK, at=i * 0.3)
+    sim = gated_flaky_simulation(on_move=collect)
     gc.collect()
     report = sim.run()
     assert report.retries() > 30 and sum(job.resubmits for job in report.jobs) > 0
