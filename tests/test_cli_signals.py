@@ -75,7 +75,8 @@ def start(
     args: list[str], *, command: list[str] = CLI, preexec: Callable[[], None] | None = None
 ) -> subprocess.Popen[str]:
     """Start the command with the key in its environment."""
-    env = {**os.environ, KEY_ENV: KEY}
+    # faulthandler: a process that hangs is sent SIGABRT and dumps every thread's stack.
+    env = {**os.environ, KEY_ENV: KEY, "PYTHONFAULTHANDLER": "1"}
     return subprocess.Popen(
         [*command, *args],
         stdin=subprocess.DEVNULL,
@@ -92,9 +93,13 @@ def finish(proc: subprocess.Popen[str]) -> Finished:
     try:
         out, err = proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"still running 30 s after the signal: {err}")
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints where each thread is stuck
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"still running 30 s after the signal; its threads then:\n{err}")
     assert KEY not in out + err
     assert "Traceback" not in err, err
     return Finished(proc.returncode, out, err)
