@@ -35,9 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sig = getattr(signal, name, None)
         if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, _exit_interrupted)
-    from captchaflow.engine.cli import main as run_command
+    from captchaflow.engine.cli._main import process_main
 
-    return run_command(argv)
+    return process_main(argv)
 
 
 if __name__ == "__main__":

@@ -134,14 +134,12 @@ def test_stop_signal_prints_exactly_one_line(sig: signal.Signals) -> None:
     assert (done.code, done.out, done.err) == (130, "", INTERRUPTED + "\n")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, rare: under load, a burst of 15 stop signals can hang `solve` (a second "
-    "SIGINT reaches asyncio's own handler during the loop's clean-up); passes when run alone",
-)
 def test_burst_of_signals_still_prints_one_line() -> None:
     """Many stop signals at once (an impatient user, a supervisor escalating) still end in
-    one line and 130, never a traceback."""
+    one line and 130, never a traceback. Only the first is acted on: before, a later one
+    could reach asyncio's own SIGINT handler in the loop's clean-up, or kill the process
+    as it exited (under load, 3 of 40 runs: a hang, a network failure reported, status
+    -15, or a warning line)."""
     with slow_api() as api:
         proc = start(["solve", "--task", TASK_JSON, "--base-url", api.stub.base_url])
         assert api.arrived.wait(timeout=30)

@@ -2,7 +2,7 @@
 
 import sys
 
-from . import main
+from ._main import process_main
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(process_main())

@@ -15,7 +15,13 @@ from ._args import UsageError
 from ._commands import build_parser
 from ._exit import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, _fail_with
 from ._output import _fail, _show_warning
-from ._signals import _Handler, _ignore_stop_signals, _restore_signals, _take_stop_signals
+from ._signals import (
+    _block_stop_signals_until_exit,
+    _Handler,
+    _ignore_stop_signals,
+    _restore_signals,
+    _take_stop_signals,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +31,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     cancelled, one line says `interrupted`, and the status is 130. The previous signal
     handlers are back when it returns.
     """
+    return _main(argv, restore=True)
+
+
+def process_main(argv: Sequence[str] | None = None) -> int:
+    """`main` for a process's entry point: at the end, the stop signals are not given back
+    to the handlers they had but ignored, since the process exits next (a late signal of
+    a burst must neither kill it nor print a second line)."""
+    return _main(argv, restore=False)
+
+
+def _main(argv: Sequence[str] | None, *, restore: bool) -> int:
     warnings.showwarning = _show_warning  # one line per warning, like every other message
     taken: dict[int, _Handler] = {}
     try:
@@ -34,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _ignore_stop_signals(taken)  # a second Ctrl-C must not cut the one line short
         return _fail("interrupted", EXIT_INTERRUPTED)
     finally:
-        _restore_signals(taken)
+        if restore:
+            _restore_signals(taken)
+        else:
+            _block_stop_signals_until_exit(taken)
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -1,10 +1,13 @@
 """The stop signals while the command runs. SIGTERM and SIGHUP do what SIGINT does; none of
 them is taken over when the command was started with it ignored (`nohup`, a background job).
+The first stops the command; every later one is ignored, so a burst of them (an impatient
+user, a supervisor escalating) never cuts the command's clean-up or its one line short.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -16,19 +19,53 @@ _STOP_SIGNALS = tuple(
 _Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
-def _like_sigint(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM and SIGHUP: raise SIGINT, so they do exactly what it does at this moment:
-    cancel the running job through the event loop's SIGINT handler (the job ends
-    `cancelled`), stop `serve-sim`, or raise KeyboardInterrupt. If SIGINT is ignored,
-    raise KeyboardInterrupt here."""
-    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+def _stop(signum: int, frame: FrameType | None) -> None:
+    """The first stop signal (SIGINT's handler; SIGTERM's and SIGHUP's through `_like_sigint`):
+    every later one is ignored, since the command is stopping and a second signal must not
+    cut its clean-up short (asyncio's own SIGINT handler raises KeyboardInterrupt at a
+    second one, wherever the loop's clean-up then is). Then KeyboardInterrupt: at once, or,
+    while an event loop runs in this thread, from the loop's next callback, so that it
+    leaves the loop between two steps of its tasks, which the loop then cancels (each job
+    ends `cancelled`) before it closes."""
+    for sig in _STOP_SIGNALS:
+        if signal.getsignal(sig) in (_stop, _like_sigint):
+            signal.signal(sig, _stopping)
+    asyncio = sys.modules.get("asyncio")  # not imported: no loop can be running
+    if asyncio is None:
         raise KeyboardInterrupt
-    signal.raise_signal(signal.SIGINT)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise KeyboardInterrupt from None
+    loop.call_soon_threadsafe(_interrupt)
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def _stopping(signum: int, frame: FrameType | None) -> None:
+    """A stop signal while the command stops: nothing to do. (A handler, not SIG_IGN: a
+    signal that arrived before the switch would otherwise be reported on stderr, with a
+    traceback, as "ignored due to race condition".)"""
+
+
+def _like_sigint(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM and SIGHUP: do what SIGINT does at this moment: `_stop`, or, while another
+    handler has SIGINT (`serve-sim`'s event loop stops on it), raise SIGINT for it. If
+    SIGINT is ignored, raise KeyboardInterrupt here."""
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is _stop:
+        _stop(signum, frame)
+    elif handler in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt
+    else:
+        signal.raise_signal(signal.SIGINT)
 
 
 def _take_stop_signals(previous: dict[int, _Handler]) -> None:
-    """SIGINT raises KeyboardInterrupt, SIGTERM and SIGHUP do what SIGINT does, except for
-    those that are ignored; record the handlers replaced in `previous`."""
+    """The stop signals stop the command (`_stop`), except for those that are ignored;
+    record the handlers replaced in `previous`."""
     if threading.current_thread() is not threading.main_thread():
         return  # only the main thread may set handlers; an embedding program keeps its own
     for sig in _STOP_SIGNALS:
@@ -36,13 +73,24 @@ def _take_stop_signals(previous: dict[int, _Handler]) -> None:
         if handler is signal.SIG_IGN:
             continue
         previous[sig] = handler
-        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else _like_sigint)
+        signal.signal(sig, _stop if sig == signal.SIGINT else _like_sigint)
 
 
 def _ignore_stop_signals(taken: dict[int, _Handler]) -> None:
-    """Ignore the stop signals we took: the command is already stopping."""
+    """Ignore the stop signals we took (`_stopping`): the command is already stopping."""
     for sig in taken:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _stopping)
+
+
+def _block_stop_signals_until_exit(taken: dict[int, _Handler]) -> None:
+    """The process exits next: the stop signals we took go to `_stopping` (any that already
+    arrived), and from now on are blocked (held by the system, never delivered). The
+    interpreter gives every handler back to the default as it shuts down, after which a
+    late SIGTERM or SIGHUP would kill the process instead of letting it exit with its
+    status."""
+    _ignore_stop_signals(taken)
+    if taken and hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(taken))
 
 
 def _restore_signals(previous: dict[int, _Handler]) -> None:
