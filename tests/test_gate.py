@@ -8,6 +8,7 @@ import math
 import pathlib
 import random
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pytest
@@ -1336,18 +1337,110 @@ def test_startup_window_says_nothing_when_nobody_waited() -> None:
 NO_SLOT = failure(2)
 
 
-def test_a_create_in_flight_keeps_its_permit_and_counts_once_accepted() -> None:
-    """A NO_SLOT that sets the limit does not take back the permit of a job whose createTask
-    is in flight (the service may have made its task): the limit counts it, its acceptance
-    is counted, and a freed slot wakes the job really waiting for one."""
-    gate = FleetGate(startup=None, pause=None, breaker=None, circuit=None, rate=None)
-    for job in "ABXYW":
+def learned(jobs: str) -> AdaptiveConcurrency:
+    """`filled(jobs)` after the service refused a task: the limit is the tasks of `jobs`."""
+    slots = filled(jobs)
+    slots.observe("refused", failure(2), sent_at=0.0, now=0.0)
+    assert slots.limit == len(jobs)
+    return slots
+
+
+def test_concurrency_probes_once_at_a_time_beyond_a_learned_limit_while_jobs_wait() -> None:
+    """While jobs wait, one createTask at a time goes beyond the limit; the first waiting
+    job sends it, the last keeps the time; a refused probe teaches the limit nothing and
+    doubles the wait before the next; an accepted one lets the next go at once."""
+    slots = learned("ab")
+    assert slots.acquire("c", 1.0) is None  # first and last waiting: the probe is due
+    assert slots.probing == "c" and "c" in slots.holders
+    assert slots.acquire("d", 1.0) == Hold(None, "waiting for a task slot")  # one at a time
+    slots.observe("c", failure(2), sent_at=1.0, now=1.1)
+    slots.release("c", 1.1)
+    assert slots.limit == 2 and slots.probing is None  # refused beyond the limit: no news
+    assert slots.acquire("d", 1.2) == Hold(1.6, "waiting for a task slot")  # 0.25 s doubled
+    assert slots.acquire("e", 1.3) == Hold(1.6, "waiting for a task slot")  # e keeps time now
+    assert slots.acquire("e", 1.6) == Hold(None, "waiting for a task slot")
+    assert slots.probing == "d" and list(slots.queue) == ["e"]  # the first took the permit
+    assert slots.acquire("d", 1.6) is None
+    slots.observe("d", None, sent_at=1.6, now=1.7)
+    assert "d" in slots.created and slots.probing is None
+    assert slots.acquire("e", 1.7) is None  # accepted: the next probe may go at once
+    assert slots.probing == "e"
+
+
+def test_refused_probes_back_off_up_to_the_cap() -> None:
+    slots = learned("a")
+    gaps = []
+    for n in range(5):
+        job, now = f"p{n}", 10.0 * n
+        assert slots.acquire(job, now) is None
+        slots.observe(job, failure(2), sent_at=now, now=now)
+        slots.release(job, now)
+        gaps.append(slots.next_probe - now)
+    assert gaps == [0.5, 1.0, 1.0, 1.0, 1.0]  # 0.25 doubled, then the 1-s cap
+
+
+@pytest.mark.parametrize("slots", [filled("ab", limit=2.0), learned("ab")], ids=["given", "off"])
+def test_no_probe_under_a_limit_given_and_never_refused_or_with_probes_off(
+    slots: AdaptiveConcurrency,
+) -> None:
+    if slots.last_decrease > -math.inf:
+        slots.probe_every = None
+    for now in (1.0, 2.0, 3.0):
+        assert slots.acquire("c", now) == Hold(None, "waiting for a task slot")
+    assert slots.probing is None
+
+
+def refused_third(registered: str, admitted: str, **parts: Any) -> FleetGate:
+    """A gate of task slots alone (and `parts`) with the jobs `registered`, of which
+    `admitted` were let send a createTask at 0: A's and B's were accepted, Y's refused
+    NO_SLOT_AVAILABLE (the limit is learned)."""
+    gate = FleetGate(startup=None, pause=None, breaker=None, circuit=None, rate=None, **parts)
+    for job in registered:
         gate.register(job, 0.0)
-    for job in "ABXY":
+    for job in admitted:
         assert gate.admit(job, CREATE, retry=False, now=0.0) == Admit()
     gate.observe("A", CREATE, None, sent_at=0.0, now=0.1)
     gate.observe("B", CREATE, None, sent_at=0.0, now=0.1)
     gate.observe("Y", CREATE, NO_SLOT, sent_at=0.0, now=0.2)
+    return gate
+
+
+def test_fleet_gate_wakes_the_first_waiting_job_for_a_probe_and_the_last_after_it() -> None:
+    """The last job's timed hold takes the probe's permit for the first, which the gate
+    wakes; the probe's reply wakes the last, to keep the time for the next."""
+    gate = refused_third("ABYCD", "ABY")
+    gate.release("Y", 0.2)
+    assert gate.admit("C", CREATE, retry=False, now=0.3) == Admit()  # the first probe
+    gate.observe("C", CREATE, NO_SLOT, sent_at=0.3, now=0.4)
+    gate.release("C", 0.4)
+    gate.wakeups()
+    held = gate.admit("D", CREATE, retry=False, now=0.5)
+    assert isinstance(held, Hold) and held.until == pytest.approx(0.9)
+    gate.register("E", 0.6)
+    assert isinstance(gate.admit("E", CREATE, retry=False, now=0.6), Hold)
+    assert gate.admit("E", CREATE, retry=False, now=0.9) == Hold(None, "waiting for a task slot")
+    assert gate.wakeups() == ["D"]  # E kept the time; D, first, takes the probe
+    assert gate.admit("D", CREATE, retry=False, now=0.9) == Admit()
+    gate.observe("D", CREATE, NO_SLOT, sent_at=0.9, now=1.0)
+    assert "E" in gate.wakeups()
+
+
+def test_a_probe_permit_given_up_unsent_passes_the_timekeeping_on() -> None:
+    """The job a probe's permit was taken for ends without sending (it failed, was
+    cancelled): the last waiting job is woken, so the probes go on."""
+    slots = learned("ab")
+    assert slots.acquire("c", 1.0) is None
+    assert slots.acquire("d", 1.0) == Hold(None, "waiting for a task slot")
+    assert slots.release("c", 2.0) == ["d"]
+    assert slots.acquire("d", 2.0) is None and slots.probing == "d"
+
+
+def test_a_create_in_flight_keeps_its_permit_and_counts_once_accepted() -> None:
+    """A NO_SLOT that sets the limit does not take back the permit of a job whose createTask
+    is in flight (the service may have made its task): the limit counts it, its acceptance
+    is counted, and a freed slot wakes the job really waiting for one. (Without probes,
+    which would send W beyond the limit: see the probe tests.)"""
+    gate = refused_third("ABXYW", "ABXY", concurrency=AdaptiveConcurrency(probe_every=None))
     slots = gate.concurrency
     assert slots is not None and slots.limit == 3 and "X" in slots.holders
     gate.observe("X", CREATE, None, sent_at=0.0, now=0.3)

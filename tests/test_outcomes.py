@@ -23,6 +23,7 @@ from captchaflow.engine import Simulation, SimulationReport, default_gate
 from captchaflow.engine._demo import demo_scenario
 from captchaflow.policies import (
     AccountGate,
+    AdaptiveConcurrency,
     DocumentedPolicy,
     Failure,
     FailureRateBreaker,
@@ -297,23 +298,51 @@ def test_mutant_wake_order_outside_the_seed_is_caught(monkeypatch: pytest.Monkey
 SCARCE_SEEDS = (1, 2, 3, 4)
 
 
-def _scarce_short_timeout(gate: AccountGate, seed: int) -> tuple[int, int]:
+def _scarce_short_timeout(
+    gate: AccountGate, seed: int, *, per_second: float = 10.0, timeout: float = 30.0
+) -> tuple[int, int]:
     """300 tasks at 10 a second on an account of 5 slots (8 +- 3-s solves), each with a
-    30-s timeout: (tasks solved, tasks the service created and billed)."""
+    30-s timeout (or as given): (tasks solved, tasks the service created and billed)."""
     scenario = Scenario(
         accounts=(AccountSpec(key=KEY, slots=5),),
         default_task=TaskTypeSpec(solve_seconds=8.0, solve_spread=3.0),
     )
     api = SimulatedAPI(scenario, seed=seed, keep_log=False)
-    simulation = Simulation(api, key=KEY, timeout=30.0, gate=gate)
+    simulation = Simulation(api, key=KEY, timeout=timeout, gate=gate)
     for n in range(300):
-        simulation.submit(TASK, at=n / 10)
+        simulation.submit(TASK, at=n / per_second)
     return simulation.run().states()["ready"], api.stats.tasks_created
 
 
-def _scarce_totals(make_gate: Any) -> tuple[int, int]:
-    runs = [_scarce_short_timeout(make_gate(seed), seed) for seed in SCARCE_SEEDS]
+def _scarce_totals(make_gate: Any, **load: float) -> tuple[int, int]:
+    runs = [_scarce_short_timeout(make_gate(seed), seed, **load) for seed in SCARCE_SEEDS]
     return sum(solved for solved, _ in runs), sum(billed for _, billed in runs)
+
+
+STEADY = {"per_second": 1.0, "timeout": 60.0}
+
+
+def test_default_gate_on_scarce_slots_under_a_steady_load_solves_as_many_as_no_gate() -> None:
+    """Slots scarce for good (a task a second, 0.6 a second fit): the default gate solves
+    at least as many tasks as OpenGate, whose jobs retake a freed slot at once by asking
+    without pause. The gate's probes (one createTask beyond the limit at a time) take a
+    slot the service freed before a poll tells the gate; without them it solves fewer
+    (the mutant check below)."""
+    solved, _ = _scarce_totals(lambda seed: default_gate(random.Random(seed)), **STEADY)
+    open_solved, _ = _scarce_totals(lambda seed: OpenGate(), **STEADY)
+    assert solved >= open_solved
+
+
+def test_mutant_a_gate_without_probes_is_caught() -> None:
+    """Mutant check: with `probe_every=None` the test above fails."""
+    solved, _ = _scarce_totals(
+        lambda seed: FleetGate(
+            rng=random.Random(seed), concurrency=AdaptiveConcurrency(probe_every=None)
+        ),
+        **STEADY,
+    )
+    open_solved, _ = _scarce_totals(lambda seed: OpenGate(), **STEADY)
+    assert solved < open_solved
 
 
 def test_default_gate_on_scarce_slots_and_a_short_timeout_solves_near_no_gate() -> None:
