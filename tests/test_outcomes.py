@@ -350,7 +350,7 @@ def test_default_gate_on_scarce_slots_and_a_short_timeout_solves_near_no_gate() 
     at least 80% of what OpenGate solves (it was 64%, see the mutant check below) and pays
     for at most one task in ten it never delivers. (OpenGate still solves more here: its
     jobs retake a slot the instant the service frees it; the gate learns of it at the next
-    poll. The README says so.)"""
+    poll or probe. The README says so.)"""
     solved, billed = _scarce_totals(lambda seed: default_gate(random.Random(seed)))
     open_solved, _ = _scarce_totals(lambda seed: OpenGate())
     assert solved >= 0.8 * open_solved
