@@ -361,6 +361,67 @@ async def test_a_rate_limit_teaches_the_measured_rate(redis_url: str, redis_name
         assert (await b.state()).rate == pytest.approx(9)
 
 
+async def test_a_peak_above_the_ceiling_raises_the_learned_rate(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """A refusal is measured with what the workers had reported by then; the others' reports
+    of the same window come after it. When they show the account accepted more in one
+    window than the ceiling, the ceiling and the rate rise to it (else a rate learned in
+    the first burst stays short of the account's for the whole run)."""
+    async with fleet(redis_url, redis_namespace, 2) as [a, b]:
+        state = await learn_rate(a, 10)
+        assert state.rate == pytest.approx(9)
+        state = await b.requests_accepted(12)  # b's report of the same window
+        assert await field(a, "ceiling") == pytest.approx(22)
+        assert state.rate == pytest.approx(0.9 * 22)
+        await anyio.sleep(1.1)  # a later, quieter window lowers nothing
+        assert (await b.requests_accepted(3)).rate == pytest.approx(0.9 * 22)
+
+
+async def test_the_slot_probe_is_one_at_a_time_and_paced_by_its_answers(
+    redis_url: str, redis_namespace: str
+) -> None:
+    options = {"probe_every": 0.2, "probe_backoff_cap": 0.6}
+    async with fleet(redis_url, redis_namespace, 2, **options) as [a, b]:
+        assert await a.acquire_slots(3) == 3
+        assert not await a.acquire_probe()  # no limit learned: no probe beyond it
+        await a.slot_refused(sent_at=(await a.state()).server_time)  # the limit: 3
+        assert await a.acquire_probe()
+        assert not await b.acquire_probe()  # one at a time for the whole account
+        state = await a.probe_answered("accepted")
+        # Its slot joins a's lease: one over the limit, so no lease is granted.
+        assert (state.slots_in_use, state.leased, state.slot_limit) == (4, 4, 3)
+        assert await b.acquire_slots(1) == 0
+        assert await b.acquire_probe()  # accepted: the next may go at once
+        await b.probe_answered("refused")
+        assert await field(b, "probe_gap") == pytest.approx(0.4)
+        assert not await a.acquire_probe()  # not within 0.4 s of the refusal
+        await anyio.sleep(0.45)
+        assert await a.acquire_probe()
+        state = await a.probe_answered("refused")
+        assert await field(a, "probe_gap") == pytest.approx(0.6)  # doubled, to its cap
+        assert (state.slots_in_use, state.slot_limit) == (4, 3)  # a refused probe: no news
+        await anyio.sleep(0.65)
+        assert await b.acquire_probe()
+        await b.probe_answered("void")  # not sent: the next may go, no change of pace
+        assert await a.acquire_probe()
+        assert await field(a, "probe_gap") == pytest.approx(0.6)
+        with pytest.raises(ValueError, match="accepted, refused or void"):
+            await a.probe_answered("maybe")
+
+
+async def test_an_unanswered_probe_lapses_after_the_lease_ttl(
+    redis_url: str, redis_namespace: str
+) -> None:
+    async with fleet(redis_url, redis_namespace, 2, lease_ttl=0.3) as [a, b]:
+        assert await a.acquire_slots(1) == 1
+        await a.slot_refused(sent_at=(await a.state()).server_time)
+        assert await a.acquire_probe()  # and a dies with it
+        assert not await b.acquire_probe()
+        await anyio.sleep(0.35)
+        assert await b.acquire_probe()
+
+
 async def test_accepted_requests_count_at_their_send_times(
     redis_url: str, redis_namespace: str
 ) -> None:
@@ -664,3 +725,38 @@ async def test_a_sync_round_learns_the_slots_in_use_without_the_refused_ones(
         state = await account.state()
         # 3, then half a slot per round of 3 for the 3 tasks accepted
         assert (state.slot_limit, state.slots_in_use) == (3.5, 3)
+
+
+async def test_a_sync_round_carries_the_probe_and_the_slot_it_took(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """End to end through `AccountSync`: a job waiting with the limit full gets the
+    account's probe; accepted, its slot joins the lease (one over the limit), and the next
+    slot a job here frees goes back to the account rather than to the next waiting job."""
+    create = Endpoint.CREATE_TASK
+    async with fleet(redis_url, redis_namespace) as [account]:
+        gate, clock = SharedGate(), VirtualClock()
+        sync = AccountSync(gate, account, clock, lambda jobs: None)
+        for job in ("a", "b", "c", "d"):
+            gate.register(job, clock.now())
+        assert await account.acquire_slots(2) == 2
+        gate.leased(slots=2)
+        for job in ("a", "b"):
+            assert isinstance(gate.admit(job, create, retry=False, now=0), Admit)
+            gate.observe(job, create, None, sent_at=0, now=0)
+        await account.slot_refused(sent_at=(await account.state()).server_time)  # limit 2
+        gate.admit("c", create, retry=False, now=0)  # waits: the limit is full
+        await sync.sync_once()  # (a view never synced is stale: no probe yet)
+        await sync.sync_once()
+        assert gate.probing == "c"
+        assert isinstance(gate.admit("c", create, retry=False, now=0), Admit)
+        gate.observe("c", create, None, sent_at=0, now=0)
+        gate.admit("d", create, retry=False, now=0)  # waits
+        await sync.sync_once()
+        state = await account.state()
+        assert (state.slots_in_use, state.leased, gate.view.over) == (3, 3, 1)
+        gate.release("a", 1)
+        assert gate.owed_slots == 1 and gate.view.slots == 0  # not d's
+        await sync.sync_once()
+        state = await account.state()
+        assert (state.slots_in_use, state.leased, gate.view.over) == (2, 2, 0)

@@ -66,7 +66,7 @@ def test_a_create_that_created_nothing_gives_its_slot_back() -> None:
     assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
     zero = failure(ErrorCode.ZERO_BALANCE, bucket=Bucket.PERMANENT)
     gate.observe("a", CREATE, zero, sent_at=0, now=0.1)
-    assert gate.view.slots == 1 and gate.refused_slots == 0
+    assert gate.view.slots == 1 and gate.owed_slots == 0
 
 
 def test_a_slot_the_service_refused_goes_back_to_the_account_not_to_the_next_job() -> None:
@@ -77,9 +77,9 @@ def test_a_slot_the_service_refused_goes_back_to_the_account_not_to_the_next_job
     gate.leased(slots=1)
     assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
     gate.observe("a", CREATE, failure(ErrorCode.NO_SLOT_AVAILABLE), sent_at=0, now=0.1)
-    assert gate.view.slots == 0 and gate.refused_slots == 1
+    assert gate.view.slots == 0 and gate.owed_slots == 1
     assert [event.kind for event in gate.events] == ["slot_refused"]
-    assert gate.spare_slots(keep=0) == 1 and gate.refused_slots == 0
+    assert gate.spare_slots(keep=0) == 1 and gate.owed_slots == 0
 
 
 def test_a_shared_pause_holds_every_request_until_its_end() -> None:
@@ -164,3 +164,98 @@ def test_a_worker_gate_expects_what_its_local_gate_learned_of_task_times() -> No
     gate.observe("a", CREATE, None, sent_at=0, now=0.5)
     gate.release("a", 9.5)
     assert gate.expected_task_seconds() == 9.0
+
+
+def waiting(gate: SharedGate, *jobs: str, now: float = 0.0) -> None:
+    """Register `jobs` and have each ask to create (none has a slot: they wait)."""
+    for job in jobs:
+        gate.register(job, now)
+        assert isinstance(gate.admit(job, CREATE, retry=False, now=now), Hold)
+
+
+def test_the_account_probe_is_wanted_only_while_jobs_wait_with_no_slot_in_hand() -> None:
+    gate = synced(SharedGate())
+    assert not gate.wants_probe(0)  # nobody waits
+    waiting(gate, "a")
+    assert gate.wants_probe(0)
+    assert not gate.wants_probe(10)  # the view is stale: Redis away, no probes
+    gate.leased(slots=1)
+    assert not gate.wants_probe(0)  # a slot in hand comes first
+    assert not synced(SharedGate(probes=False), now=0).wants_probe(0)
+
+
+def test_the_probe_goes_to_the_first_waiting_job_without_a_slot() -> None:
+    """Granted the account's probe, the first job waiting sends its createTask with no slot
+    in hand; accepted, it holds a slot of this worker's lease, and the answer is news."""
+    gate = synced(SharedGate())
+    waiting(gate, "a", "b")
+    gate.probe_granted()
+    assert gate.probing == "a" and gate.wakeups() == ["a"]
+    assert not gate.wants_probe(0)  # one probe at a time
+    assert isinstance(gate.admit("b", CREATE, retry=False, now=0), Hold)  # b still waits
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
+    assert gate.view.slots == 0  # no leased slot was spent
+    gate.observe("a", CREATE, None, sent_at=0, now=0.1)
+    assert gate.probing is None and "a" in gate.slot_holders
+    assert [(e.kind, e.reason) for e in gate.events] == [
+        ("probe", "accepted"),
+        ("slot_accepted", ""),
+    ]
+
+
+def test_a_refused_probe_is_not_news_and_owes_nothing() -> None:
+    """NO_SLOT_AVAILABLE to the probe says only that no slot was free beyond the limit: no
+    slot_refused (which would lower the account's limit) and no slot owed back."""
+    gate = synced(SharedGate())
+    waiting(gate, "a")
+    gate.probe_granted()
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
+    gate.observe("a", CREATE, failure(ErrorCode.NO_SLOT_AVAILABLE), sent_at=0, now=0.1)
+    assert [(e.kind, e.reason) for e in gate.events] == [("probe", "refused")]
+    assert (gate.view.slots, gate.owed_slots, gate.slot_holders) == (0, 0, {})
+    assert gate.probing is None
+    assert isinstance(gate.admit("a", CREATE, retry=True, now=0.2), Hold)  # waits again
+    assert gate.wants_probe(0.2)
+
+
+def test_a_probe_unused_or_unsent_goes_back_void() -> None:
+    gate = synced(SharedGate())
+    gate.probe_granted()  # nobody waits any more
+    waiting(gate, "a", "b")
+    gate.probe_granted()
+    gate.release("a", 1)  # the probing job ends unsent
+    gate.probe_granted()
+    gate.leased(slots=1)  # a leased slot arrives before b's probe goes
+    assert isinstance(gate.admit("b", CREATE, retry=False, now=0), Admit)
+    assert gate.view.slots == 0 and "b" in gate.slot_holders
+    assert [e.reason for e in gate.events if e.kind == "probe"] == ["void", "void", "void"]
+
+
+def test_a_probe_sent_and_never_answered_counts_as_accepted() -> None:
+    """The job ended with its probe in flight: the service may have made its task, so its
+    slot stays counted (the sync gives it back as the job's slot)."""
+    gate = synced(SharedGate())
+    waiting(gate, "a")
+    gate.probe_granted()
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
+    gate.release("a", 1)
+    assert [e.reason for e in gate.events] == ["accepted"]
+    assert gate.view.slots == 1
+
+
+def test_slots_freed_while_the_account_is_over_its_limit_go_back_to_it() -> None:
+    """An accepted probe leaves the account one slot over its limit: the next slot freed on
+    any worker goes back to the account, not to the next job there (which the service
+    would refuse: the probe took the slot that task had freed)."""
+    gate = synced(SharedGate(), over=1)
+    gate.leased(slots=2)
+    for job in ("a", "b"):
+        gate.register(job, 0)
+        assert isinstance(gate.admit(job, CREATE, retry=False, now=0), Admit)
+        gate.observe(job, CREATE, None, sent_at=0, now=0)
+    waiting(gate, "c")
+    gate.wakeups()
+    gate.release("a", 1)
+    assert (gate.view.slots, gate.owed_slots, gate.wakeups()) == (0, 1, [])
+    gate.release("b", 2)  # over by one only: this one is the next job's
+    assert (gate.view.slots, gate.owed_slots, gate.wakeups()) == (1, 1, ["c"])

@@ -382,6 +382,55 @@ return snapshot('')
 """
 )
 
+# The account's one slot probe (see `SharedGate`): grants it to the worker (result '1')
+# when a slot limit is learned, no other worker holds it (or its grant, ARGV[4] seconds
+# long, expired unanswered) and the pacing allows (`next_probe`).
+ACQUIRE_PROBE_LUA: Final = (
+    _PRELUDE
+    + """
+reclaim()
+alive()
+local granted = '0'
+if get('slot_limit') then
+  local holder = redis.call('HGET', state_key, 'probe_holder')
+  if (not holder or now >= (get('probe_expires') or 0)) and now >= (get('next_probe') or 0) then
+    redis.call('HSET', state_key, 'probe_holder', worker)
+    put('probe_expires', now + tonumber(ARGV[4]))
+    granted = '1'
+  end
+end
+touch()
+return snapshot(granted)
+"""
+)
+
+# The probe's answer (ARGV[4]): 'accepted' (the task exists: its slot joins the worker's
+# lease and the next probe may go at once), 'refused' (NO_SLOT_AVAILABLE: the next waits
+# twice as long as the last, from ARGV[5] up to ARGV[6] seconds) or 'void' (not sent, or
+# surely not created: no change but the grant's end).
+PROBE_ANSWERED_LUA: Final = (
+    _PRELUDE
+    + """
+local outcome, every, cap = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+if redis.call('HGET', state_key, 'probe_holder') == worker then
+  redis.call('HDEL', state_key, 'probe_holder', 'probe_expires')
+end
+if outcome == 'accepted' then
+  alive()
+  redis.call('HINCRBY', leases_key, worker, 1)
+  redis.call('HINCRBY', state_key, 'in_use', 1)
+  put('probe_gap', every)
+  put('next_probe', now)
+elseif outcome == 'refused' then
+  local gap = math.max(every, math.min(cap, 2 * (get('probe_gap') or every)))
+  put('probe_gap', gap)
+  put('next_probe', now + gap)
+end
+touch()
+return snapshot('')
+"""
+)
+
 # A token bucket at `rate` (ARGV[5] window, ARGV[6] increase, ARGV[7] headroom): grants
 # min(ARGV[4], floor(tokens)) tokens, the bucket refilling at `rate` by Redis time up to
 # max(1, rate * ARGV[8]); everything while no rate is known, nothing while paused. While
@@ -475,10 +524,12 @@ return snapshot('')
 """
 )
 
-# Counts accepted requests (ARGV[4] window, ARGV[5] counted now, ARGV[6..] one each at the
-# given send times) in buckets of window / BUCKETS, keeping two windows of buckets, and
-# raises `peak` to the most counted in any BUCKETS consecutive buckets (an exact count over
-# an interval of one window: a lower bound of the most accepted in one window).
+# Counts accepted requests (ARGV[4] window, ARGV[5] safety, ARGV[6] counted now, ARGV[7..]
+# one each at the given send times) in buckets of window / BUCKETS, keeping two windows of
+# buckets, and raises `peak` to the most counted in any BUCKETS consecutive buckets (an
+# exact count over an interval of one window: a lower bound of the most accepted in one
+# window). A peak above the ceiling raises it, and the rate to at least `safety` times it:
+# the refusal that set the ceiling was measured before every worker had reported.
 REQUESTS_ACCEPTED_LUA: Final = (
     _PRELUDE
     + """
@@ -487,11 +538,11 @@ local current = math.floor(now / width)
 local oldest = current - 2 * BUCKETS + 1
 local counts = {}
 local lowest = current
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 if n > 0 then
   counts[current] = n
 end
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local b = math.floor(math.min(tonumber(ARGV[i]), now) / width)
   if b >= oldest then
     counts[b] = (counts[b] or 0) + 1
@@ -526,6 +577,16 @@ for i = 1, #values do
   end
 end
 put('peak', peak)
+local ceiling = get('ceiling')
+local window = tonumber(ARGV[4])
+if ceiling and peak / window > ceiling then
+  put('ceiling', peak / window)
+  local rate = get('rate')
+  local floor = tonumber(ARGV[5]) * peak / window
+  if rate and floor > rate then
+    put('rate', floor)
+  end
+end
 touch()
 return snapshot('')
 """
@@ -651,12 +712,19 @@ class SharedAccount:
         retry_floor_per_second: float = 10.0,
         retry_max_tokens: float = 100.0,
         retry_initial_tokens: float = 10.0,
+        probe_every: float = 0.25,
+        probe_backoff_cap: float = 1.0,
         call_timeout: float = 2.0,
         expire_after: int = 86_400,
     ) -> None:
         if not account or not worker:
             raise ValueError("account and worker must be non-empty names")
-        for name, value in (("lease_ttl", lease_ttl), ("window", window)):
+        for name, value in (
+            ("lease_ttl", lease_ttl),
+            ("window", window),
+            ("probe_every", probe_every),
+            ("probe_backoff_cap", probe_backoff_cap),
+        ):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not 0 < slot_decrease <= 1:
@@ -694,6 +762,10 @@ class SharedAccount:
         self.retry_floor_per_second = retry_floor_per_second
         self.retry_max_tokens = retry_max_tokens
         self.retry_initial_tokens = retry_initial_tokens
+        self.probe_every, self.probe_backoff_cap = probe_every, probe_backoff_cap
+        """The pacing of the account's slot probe (`acquire_probe`): the next after a
+        refused one waits twice as long as the last, from `probe_every` up to
+        `probe_backoff_cap` seconds; after an accepted one, none."""
         self.call_timeout = call_timeout
         self.expire_after = expire_after
         self.last: SharedState | None = None
@@ -708,6 +780,8 @@ class SharedAccount:
         self._slot_refused = register(SLOT_REFUSED_LUA)
         self._slot_accepted = register(SLOT_ACCEPTED_LUA)
         self._acquire_rate = register(ACQUIRE_RATE_LUA)
+        self._acquire_probe = register(ACQUIRE_PROBE_LUA)
+        self._probe_answered = register(PROBE_ANSWERED_LUA)
         self._rate_limited = register(RATE_LIMITED_LUA)
         self._requests_accepted = register(REQUESTS_ACCEPTED_LUA)
         self._acquire_retries = register(ACQUIRE_RETRIES_LUA)
@@ -853,6 +927,26 @@ class SharedAccount:
             )[0]
         )
 
+    async def acquire_probe(self) -> bool:
+        """Take the account's one slot probe: the right to send one createTask without a
+        leased slot, beyond the learned limit (see `SharedGate`). Granted only once a slot
+        limit is learned, to one worker at a time (a grant unanswered for `lease_ttl`
+        seconds lapses), and paced by the answers (`probe_answered`). Also marks this
+        worker alive."""
+        reply = await self._run(self._acquire_probe, repr(float(self.lease_ttl)))
+        return reply[0] == "1"
+
+    async def probe_answered(self, outcome: str) -> SharedState:
+        """The probe's outcome: `accepted` (its slot joins this worker's lease, which may
+        take `slots_in_use` one above the limit; the next probe may go at once),
+        `refused` (NO_SLOT_AVAILABLE: the next waits twice as long as the last, from
+        `probe_every` up to `probe_backoff_cap`; the limit is unchanged, the probe being
+        beyond it) or `void` (not sent or surely not created: the grant ends)."""
+        if outcome not in ("accepted", "refused", "void"):
+            raise ValueError(f"a probe is accepted, refused or void, got {outcome!r}")
+        every, cap = repr(float(self.probe_every)), repr(float(self.probe_backoff_cap))
+        return (await self._run(self._probe_answered, outcome, every, cap))[1]
+
     async def rate_limited(self, sent_at: float) -> SharedState:
         """RATE_LIMITED (16) for a request sent at `sent_at` (Redis time): learn the rate.
 
@@ -884,10 +978,16 @@ class SharedAccount:
         was refused must not raise the peak, which is a floor of the learned rate. Counting
         a batch at the time of its report may count up to one report period's requests in
         a window too many: report at most every `window * (1 / rate_safety - 1)` seconds
-        (0.11 s by default), or give `sent_at`."""
+        (0.11 s by default), or give `sent_at`.
+
+        A peak above the learned ceiling raises the ceiling to it, and the rate to at least
+        `rate_safety` times it: the refusal that set the ceiling was measured before every
+        worker had reported what the account accepted just before it."""
         times = [_number(at, "sent_at") for at in sent_at]
         window = repr(float(self.window))
-        return (await self._run(self._requests_accepted, window, str(max(0, int(n))), *times))[1]
+        safety = repr(float(self.rate_safety))
+        count = str(max(0, int(n)))
+        return (await self._run(self._requests_accepted, window, safety, count, *times))[1]
 
     async def acquire_retries(self, want: int) -> int:
         """Take up to `want` tokens from the account's shared retry budget; return how many.

@@ -16,6 +16,13 @@ What the view holds, and how it binds the worker:
 - task slots: a createTask needs a slot leased from the account's shared count (granted in
   small leases, never beyond the learned limit across all workers); the slot is the job's
   until it finishes; slots left over go back.
+- the slot probe: the account learns that a slot is free only when some worker's poll
+  finds its task done, up to a poll interval after the service freed it. So while jobs
+  wait for a slot and none is in hand, the sync task asks Redis for the account's one
+  probe (`SharedAccount.acquire_probe`: one worker at a time, paced by the answers); the
+  first waiting job then sends its createTask without a slot. Accepted, its slot joins
+  the worker's lease; refused, it is not news (it was beyond the limit). So the account's
+  tasks in flight exceed its learned limit by at most one probe.
 - request tokens: once the account has a learned rate, every request needs a token leased
   from the shared bucket; a worker spends at most what it leased.
 
@@ -59,6 +66,10 @@ class SharedView:
     """The account has a learned rate: every request needs a leased token."""
     slots: int = 0
     """Slots leased to this worker and not taken by a job."""
+    over: int = 0
+    """How many slots the account's leases were above its learned limit (an accepted
+    probe's, or a lowered limit's): slots freed here go back to the account, not to the
+    next job here, until that many have."""
     tokens: int = 0
     """Request tokens leased to this worker and not spent."""
     synced_at: float | None = None
@@ -72,9 +83,10 @@ class SharedView:
 @attrs.frozen
 class SharedEvent:
     """News for the other workers, which the sync task publishes: `kind` is `pause`,
-    `circuit`, `slot_refused`, `slot_accepted` or `rate_limited`; `until` the end of a
-    pause or circuit, `sent_at` when the refused request left (engine time). (Requests
-    answered are counted apart: `take_accepted`.)"""
+    `circuit`, `slot_refused`, `slot_accepted`, `rate_limited` or `probe` (`reason`: the
+    probe's answer, `accepted`, `refused` or `void`); `until` the end of a pause or
+    circuit, `sent_at` when the refused request left (engine time). (Requests answered are
+    counted apart: `take_accepted`.)"""
 
     kind: str
     until: float = 0.0
@@ -100,8 +112,14 @@ class SharedGate:
     """Jobs holding a shared slot (from admission of their createTask to their end)."""
     waiting_slot: dict[Hashable, None] = attrs.field(factory=dict)
     waiting_token: dict[Hashable, None] = attrs.field(factory=dict)
-    refused_slots: int = 0
-    """Leased slots the service refused a createTask with (NO_SLOT_AVAILABLE): owed back."""
+    owed_slots: int = 0
+    """Leased slots owed back to the account: those the service refused a createTask with
+    (NO_SLOT_AVAILABLE), and those freed while the account was over its limit."""
+    probes: bool = True
+    """Whether to ask for the account's slot probe while jobs wait for a slot (see the
+    module docstring)."""
+    probing: Hashable | None = None
+    """The job the account's probe was granted to, until its answer."""
     _wake: list[Hashable] = attrs.field(factory=list, alias="_wake")
     _accepted: int = attrs.field(default=0, alias="_accepted")
 
@@ -111,6 +129,27 @@ class SharedGate:
     def wanted_slots(self) -> int:
         """Slots jobs are waiting for beyond those in hand."""
         return max(0, len(self.waiting_slot) - self.view.slots)
+
+    def wants_probe(self, now: float) -> bool:
+        """Whether the sync task should ask for the account's slot probe: probes on, jobs
+        waiting for a slot, none in hand, no probe here already, and the view fresh."""
+        view = self.view
+        return (
+            self.probes
+            and self.probing is None
+            and bool(self.waiting_slot)
+            and view.slots <= 0
+            and not view.stale(now, self.stale_after)
+        )
+
+    def probe_granted(self) -> None:
+        """The sync task got the account's probe: the first job waiting for a slot sends it
+        (woken); with none waiting any more, the grant goes back unused."""
+        if not self.waiting_slot:
+            self.events.append(SharedEvent("probe", reason="void"))
+            return
+        self.probing = next(iter(self.waiting_slot))
+        self._wake.append(self.probing)
 
     @property
     def wanted_tokens(self) -> int:
@@ -127,8 +166,8 @@ class SharedGate:
         service refused; return how many (the sync task releases them in Redis)."""
         spare = max(0, self.view.slots - keep - len(self.waiting_slot))
         self.view.slots -= spare
-        spare += self.refused_slots
-        self.refused_slots = 0
+        spare += self.owed_slots
+        self.owed_slots = 0
         return spare
 
     def leased(self, *, slots: int = 0, tokens: int = 0) -> None:
@@ -149,6 +188,7 @@ class SharedGate:
         circuit_until: float,
         circuit_reason: str,
         paced: bool,
+        over: int = 0,
     ) -> None:
         """The shared state as just read (times in this worker's clock): adopt it, and wake
         every job when a pause or circuit changed or pacing started."""
@@ -161,6 +201,7 @@ class SharedGate:
         view.paused_until, view.pause_reason = max(paused_until, view.paused_until), pause_reason
         view.circuit_until, view.circuit_reason = circuit_until, circuit_reason
         view.paced = paced
+        view.over = max(0, over)
         if not paced:
             view.tokens = 0  # pacing ended: tokens are not needed
         view.synced_at = now
@@ -182,7 +223,8 @@ class SharedGate:
             return held
         view = self.view
         stale = view.stale(now, self.stale_after)
-        if endpoint is _CREATE and job not in self.slot_holders and view.slots <= 0:
+        probe = job is self.probing and job not in self.slot_holders and view.slots <= 0
+        if endpoint is _CREATE and job not in self.slot_holders and view.slots <= 0 and not probe:
             self.waiting_slot[job] = None
             reason = "Redis unreachable: no new tasks" if stale else "waiting for a slot"
             return Hold(None, f"{reason} (shared account)")
@@ -194,7 +236,10 @@ class SharedGate:
         if not isinstance(decision, Admit):
             return decision
         if endpoint is _CREATE and job not in self.slot_holders:
-            view.slots -= 1
+            if not probe:
+                view.slots -= 1
+                if job is self.probing:  # a slot came first: the probe is not needed
+                    self._probe_answer("void")
             self.slot_holders[job] = None
             self.waiting_slot.pop(job, None)
         if needs_token:
@@ -230,6 +275,14 @@ class SharedGate:
             self.events.append(SharedEvent("rate_limited", sent_at=sent_at))
         if endpoint is not _CREATE:
             return
+        if job is self.probing:
+            if failure is None or failure.may_have_billed:
+                self._probe_answer("accepted")  # the task is there (or may be): its slot
+            else:
+                del self.slot_holders[job]  # no task: nothing to give back, nothing learned
+                refused = failure.code == ErrorCode.NO_SLOT_AVAILABLE
+                self._probe_answer("refused" if refused else "void")
+                return
         if failure is None:
             self.events.append(SharedEvent("slot_accepted"))
             return
@@ -239,11 +292,13 @@ class SharedGate:
                 # The service is full: this slot is not there. Hand it back to the account
                 # rather than to the next job here, which would only be refused too.
                 del self.slot_holders[job]
-                self.refused_slots += 1
+                self.owed_slots += 1
         elif not failure.may_have_billed:
             self._give_back_slot(job)  # no task: the slot is free (it may be taken again)
 
     def release(self, job: Hashable, now: float) -> None:
+        if job is self.probing:  # sent and never answered: it may have made a task
+            self._probe_answer("accepted" if job in self.slot_holders else "void")
         self.local.release(job, now)
         self._give_back_slot(job)
         self.waiting_slot.pop(job, None)
@@ -281,10 +336,19 @@ class SharedGate:
             return Hold(view.paused_until, f"account paused (shared): {view.pause_reason}")
         return None
 
+    def _probe_answer(self, outcome: str) -> None:
+        self.probing = None
+        self.events.append(SharedEvent("probe", reason=outcome))
+
     def _give_back_slot(self, job: Hashable) -> None:
         if job not in self.slot_holders:
             return
         del self.slot_holders[job]
-        self.view.slots += 1
+        view = self.view
+        if view.over > 0:  # the account is over its limit: this slot is its own again
+            view.over -= 1
+            self.owed_slots += 1
+            return
+        view.slots += 1
         if self.waiting_slot:
             self._wake.extend(self.waiting_slot)

@@ -2,7 +2,8 @@
 account's shared state in Redis (`SharedAccount`), every `period` seconds.
 
 Each round: publish this worker's news (pauses, an opened circuit, slot and rate signals,
-requests answered), give back spare slots, lease the slots and tokens jobs wait for, read
+requests answered, the slot probe's answer), give back spare slots, lease the slots and
+tokens jobs wait for (and the account's slot probe, when they still wait), read
 the shared state with its server time (so the workers' clocks need not agree: Redis time is
 turned into this worker's clock by the offset measured in the same round trip, accurate to
 that round trip), and wake the jobs the change concerns. A round that cannot reach Redis
@@ -87,9 +88,14 @@ class AccountSync:
         view = gate.view
         # The lease Redis holds for us is what we hold (a grant whose reply was lost is
         # put right here).
-        held = view.slots + len(gate.slot_holders) + gate.refused_slots
+        held = view.slots + len(gate.slot_holders) + gate.owed_slots
         state = await account.heartbeat(held=held)
         offset = self.clock.now() - state.server_time  # server time + offset = our time
+        # Probe answers first: an accepted probe's slot joins the lease before any spare
+        # slot (it may be that one, its task done) is given back.
+        for event in [event for event in self._pending if event.kind == "probe"]:
+            await account.probe_answered(event.reason)
+            self._pending.remove(event)
         # Slots handed back first: a refusal's clamp to the slots in use must not count the
         # slots of the createTasks it refused.
         spare = gate.spare_slots(self.keep_slots)
@@ -97,7 +103,7 @@ class AccountSync:
             try:
                 await account.release_slots(spare)
             except BaseException:
-                gate.refused_slots += spare  # not given back yet: next round
+                gate.owed_slots += spare  # not given back yet: next round
                 raise
         accepted_slots = sum(event.kind == "slot_accepted" for event in self._pending)
         while self._pending:
@@ -113,6 +119,8 @@ class AccountSync:
         wanted = gate.wanted_slots
         if wanted:
             gate.leased(slots=await account.acquire_slots(min(wanted, self.slot_batch)))
+        if gate.wants_probe(self.clock.now()) and await account.acquire_probe():
+            gate.probe_granted()
         state = account.last or state
         wanted_tokens = gate.wanted_tokens
         if state.rate is not None and wanted_tokens:
@@ -126,6 +134,7 @@ class AccountSync:
             circuit_until=state.circuit_open_until + offset,
             circuit_reason=state.circuit_reason,
             paced=state.rate is not None,
+            over=_over_limit(state),
         )
         return state
 
@@ -139,3 +148,10 @@ class AccountSync:
             await account.slot_refused(event.sent_at - offset)
         elif event.kind == "rate_limited":
             await account.rate_limited(event.sent_at - offset)
+
+
+def _over_limit(state: SharedState) -> int:
+    """How many slots the account's leases are above its learned limit."""
+    if state.slot_limit is None:
+        return 0
+    return max(0, state.slots_in_use - math.floor(state.slot_limit))
