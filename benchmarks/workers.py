@@ -14,7 +14,8 @@ solve them, run two ways, alternately, `--rounds` times each, in the same run:
 Both share the work queue and the journal, so the only difference is the account. Printed
 per way (mean over rounds): requests sent, rejected requests (RATE_LIMITED, 16, and
 NO_SLOT_AVAILABLE, 2), makespan (first task queued to last result collected) and tasks
-billed per task. Redis: `$CAPTCHAFLOW_REDIS_URL`, else a `redis-server` started here.
+billed per task (and each round's figures as it ends: rounds vary by several seconds,
+so compare means). Redis: `$CAPTCHAFLOW_REDIS_URL`, else a `redis-server` started here.
 
 Last line: `workers: rejected_vs_independent=X makespan_vs_independent=Y billed_per_task=Z`
 (Z the worst of both ways).
@@ -208,9 +209,15 @@ def main() -> None:
     redis_url, redis_proc, redis_dir = start_redis()
     results: dict[str, list[Outcome]] = {way: [] for way in args.ways.split(",")}
     try:
-        for _round in range(args.rounds):
+        for number in range(1, args.rounds + 1):
             for way in results:
-                results[way].append(run_once(way, args, redis_url))
+                outcome = run_once(way, args, redis_url)
+                results[way].append(outcome)
+                print(
+                    f"round {number} {way}: makespan {outcome.makespan:.1f} s, "
+                    f"{outcome.requests} requests, {outcome.rejected} rejected",
+                    flush=True,
+                )
     finally:
         if redis_proc is not None:
             redis_proc.terminate()
