@@ -203,6 +203,18 @@ def test_the_probe_goes_to_the_first_waiting_job_without_a_slot() -> None:
     ]
 
 
+def test_a_granted_probe_waits_while_redis_is_unreachable() -> None:
+    """No new task goes while the view is stale (Redis away), the probe included; it goes
+    once a sync brings the view back."""
+    gate = synced(SharedGate())
+    waiting(gate, "a")
+    gate.probe_granted()
+    held = gate.admit("a", CREATE, retry=False, now=10)
+    assert isinstance(held, Hold) and "Redis unreachable" in held.reason
+    synced(gate, now=11)
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=11), Admit)
+
+
 def test_a_refused_probe_is_not_news_and_owes_nothing() -> None:
     """NO_SLOT_AVAILABLE to the probe says only that no slot was free beyond the limit: no
     slot_refused (which would lower the account's limit) and no slot owed back."""

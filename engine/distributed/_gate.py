@@ -223,7 +223,10 @@ class SharedGate:
             return held
         view = self.view
         stale = view.stale(now, self.stale_after)
-        probe = job is self.probing and job not in self.slot_holders and view.slots <= 0
+        # The probe waits, as every createTask without a slot, while Redis is unreachable.
+        probe = (
+            job is self.probing and job not in self.slot_holders and view.slots <= 0 and not stale
+        )
         if endpoint is _CREATE and job not in self.slot_holders and view.slots <= 0 and not probe:
             self.waiting_slot[job] = None
             reason = "Redis unreachable: no new tasks" if stale else "waiting for a slot"
