@@ -9,7 +9,8 @@ small async client for it.
 Consistency. Every method is one `EVALSHA` of one Lua script, and Redis runs a script as
 one atomic step: no other client's command runs in between. So each method is a
 linearizable read-modify-write of the account's whole shared state, and every invariant a
-script keeps (leases never granted beyond the learned limit, `slots_in_use` equal to the
+script keeps (leases never granted beyond the learned limit, an accepted probe's slot
+aside, see `acquire_probe`; `slots_in_use` equal to the
 sum of the leases, a pause's end never moving earlier, ...) holds at every instant, however
 many workers call at once. Every time in the shared state is Redis time (`TIME`, read
 inside the script), so the workers' clocks need not agree; a worker turns it into its own

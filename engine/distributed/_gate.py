@@ -21,8 +21,10 @@ What the view holds, and how it binds the worker:
   wait for a slot and none is in hand, the sync task asks Redis for the account's one
   probe (`SharedAccount.acquire_probe`: one worker at a time, paced by the answers); the
   first waiting job then sends its createTask without a slot. Accepted, its slot joins
-  the worker's lease; refused, it is not news (it was beyond the limit). So the account's
-  tasks in flight exceed its learned limit by at most one probe.
+  the worker's lease, and the next slot freed here goes back to the account (`over`);
+  refused, it is not news (it was beyond the limit). So the leases go beyond the learned
+  limit only by accepted probes (tasks the service took) or a lowered limit, and come
+  back as slots free.
 - request tokens: once the account has a learned rate, every request needs a token leased
   from the shared bucket; a worker spends at most what it leased.
 
