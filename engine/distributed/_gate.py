@@ -164,8 +164,8 @@ class SharedGate:
         return accepted
 
     def spare_slots(self, keep: int) -> int:
-        """Give back the slots in hand beyond `keep` plus those waited for, and those the
-        service refused; return how many (the sync task releases them in Redis)."""
+        """Give back the slots in hand beyond `keep` plus those waited for, and those owed
+        (`owed_slots`); return how many (the sync task releases them in Redis)."""
         spare = max(0, self.view.slots - keep - len(self.waiting_slot))
         self.view.slots -= spare
         spare += self.owed_slots
