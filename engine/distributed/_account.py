@@ -107,6 +107,13 @@ class SharedState:
         return self.server_time < self.paused_until
 
     @property
+    def over_limit(self) -> int:
+        """How many slots the leases are above the learned limit (0 with none learned)."""
+        if self.slot_limit is None:
+            return 0
+        return max(0, self.slots_in_use - math.floor(self.slot_limit))
+
+    @property
     def circuit_open(self) -> bool:
         """True while the circuit is open (at `server_time`)."""
         return self.server_time < self.circuit_open_until

@@ -225,11 +225,10 @@ class SharedGate:
             return held
         view = self.view
         stale = view.stale(now, self.stale_after)
+        no_slot = endpoint is _CREATE and job not in self.slot_holders and view.slots <= 0
         # The probe waits, as every createTask without a slot, while Redis is unreachable.
-        probe = (
-            job is self.probing and job not in self.slot_holders and view.slots <= 0 and not stale
-        )
-        if endpoint is _CREATE and job not in self.slot_holders and view.slots <= 0 and not probe:
+        probe = no_slot and job is self.probing and not stale
+        if no_slot and not probe:
             self.waiting_slot[job] = None
             reason = "Redis unreachable: no new tasks" if stale else "waiting for a slot"
             return Hold(None, f"{reason} (shared account)")

@@ -134,7 +134,7 @@ class AccountSync:
             circuit_until=state.circuit_open_until + offset,
             circuit_reason=state.circuit_reason,
             paced=state.rate is not None,
-            over=_over_limit(state),
+            over=state.over_limit,
         )
         return state
 
@@ -148,10 +148,3 @@ class AccountSync:
             await account.slot_refused(event.sent_at - offset)
         elif event.kind == "rate_limited":
             await account.rate_limited(event.sent_at - offset)
-
-
-def _over_limit(state: SharedState) -> int:
-    """How many slots the account's leases are above its learned limit."""
-    if state.slot_limit is None:
-        return 0
-    return max(0, state.slots_in_use - math.floor(state.slot_limit))
