@@ -580,7 +580,14 @@ async def test_random_interleavings_keep_the_invariants(
     redis_url: str, redis_namespace: str, seed: int
 ) -> None:
     rng = random.Random(seed)
-    options: dict[str, Any] = {"cooldown": 0.02, "window": 0.2, "min_evidence": 1}
+    options: dict[str, Any] = {
+        "cooldown": 0.02,
+        "window": 0.2,
+        "min_evidence": 1,
+        "probe_every": 0.001,
+        "probe_backoff_cap": 0.002,
+    }
+    probes: list[str] = []
     async with fleet(redis_url, redis_namespace, 4, **options) as accounts:
         before = await snapshot(accounts[0])
         rate_before = math.inf
@@ -594,7 +601,7 @@ async def test_random_interleavings_keep_the_invariants(
             "requests": lambda a: a.requests_accepted(rng.randint(0, 20)),
             "rate_limited": lambda a: refused(a, rng.uniform(0, 0.05), rate=True),
             "tokens": lambda a: a.acquire_rate(rng.randint(0, 10)),
-            "probe": lambda a: probe(a, rng.choice(["accepted", "refused", "void"])),
+            "probe": lambda a: probe(a, rng.choice(["accepted", "refused", "void"]), probes),
         }
         for step in range(150):
             account = rng.choice(accounts)
@@ -612,6 +619,10 @@ async def test_random_interleavings_keep_the_invariants(
                 # accepted probe (a task the service took) adds one.
                 extra = 1 if name == "probe" else 0
                 assert in_use <= max(before[0], math.floor(limit)) + extra, where
+            if name == "probe" and probes[-1] == "accepted":
+                assert in_use == before[0] + 1, where  # its one task's slot, no more
+            elif name == "probe":
+                assert in_use == before[0], where
             if before[1] is not None:
                 assert limit is not None, where  # a learned limit is never forgotten
             assert paused_until >= before[3], where
@@ -621,11 +632,17 @@ async def test_random_interleavings_keep_the_invariants(
                 assert rate >= min(rate_before, 0.9 * (peak or 0) / 0.2) - 1e-9, where
                 rate_before = rate
             before = after
+        assert "accepted" in probes  # the probes did take slots beyond the limit
 
 
-async def probe(account: SharedAccount, outcome: str) -> None:
+async def probe(account: SharedAccount, outcome: str, answered: list[str]) -> None:
+    """Take the account's probe and answer `outcome`; record the answer in `answered`
+    (`none`: the probe was not granted)."""
     if await account.acquire_probe():
         await account.probe_answered(outcome)
+        answered.append(outcome)
+    else:
+        answered.append("none")
 
 
 async def refused(account: SharedAccount, ago: float, *, rate: bool = False) -> SharedState:
