@@ -45,16 +45,19 @@ ACCOUNT = "0123456789abcdef"
 
 @asynccontextmanager
 async def fleet(
-    url: str, namespace: str, n: int = 1, **options: Any
+    url: str,
+    namespace: str,
+    n: int = 1,
+    kind: type[SharedAccount] = SharedAccount,
+    **options: Any,
 ) -> AsyncIterator[list[SharedAccount]]:
-    """`n` workers (`w0`...) of one account, each on its own connection."""
+    """`n` workers (`w0`...) of one account, each on its own connection (`kind`: the
+    class of their `SharedAccount`, a deliberately broken one in the mutant checks)."""
     async with AsyncExitStack() as stack:
         accounts = []
         for i in range(n):
             client = await stack.enter_async_context(account_client(url))
-            accounts.append(
-                SharedAccount(client, ACCOUNT, namespace=namespace, worker=f"w{i}", **options)
-            )
+            accounts.append(kind(client, ACCOUNT, namespace=namespace, worker=f"w{i}", **options))
         yield accounts
 
 
@@ -575,64 +578,95 @@ async def test_concurrent_pauses_end_at_the_latest(redis_url: str, redis_namespa
     assert final.pause_reason == "w7"  # 80 s: the longest by far
 
 
+INTERLEAVING_OPTIONS: dict[str, Any] = {
+    "cooldown": 0.02,
+    "window": 0.2,
+    "min_evidence": 1,
+    "probe_every": 0.001,
+    "probe_backoff_cap": 0.002,
+}
+"""Short windows and a probe paced at 1 ms, so that 150 random steps meet every rule."""
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_random_interleavings_keep_the_invariants(
     redis_url: str, redis_namespace: str, seed: int
 ) -> None:
-    rng = random.Random(seed)
-    options: dict[str, Any] = {
-        "cooldown": 0.02,
-        "window": 0.2,
-        "min_evidence": 1,
-        "probe_every": 0.001,
-        "probe_backoff_cap": 0.002,
-    }
-    probes: list[str] = []
+    async with fleet(redis_url, redis_namespace, 4, **INTERLEAVING_OPTIONS) as accounts:
+        await interleave(accounts, random.Random(seed))
+
+
+class GreedyProbeAccount(SharedAccount):
+    """A deliberately broken probe: an accepted one adds two slots to the lease and to
+    the slots in use (the invariant `in_use == sum(leases)` still holds)."""
+
+    async def probe_answered(self, outcome: str) -> SharedState:
+        state = await super().probe_answered(outcome)
+        if outcome == "accepted":
+            await self.client.hincrby(self.keys[1], self.worker, 1)
+            await self.client.hincrby(self.keys[0], "in_use", 1)
+        return state
+
+
+async def test_the_interleavings_test_catches_a_probe_taking_two_slots(
+    redis_url: str, redis_namespace: str
+) -> None:
+    options = {**INTERLEAVING_OPTIONS, "kind": GreedyProbeAccount}
     async with fleet(redis_url, redis_namespace, 4, **options) as accounts:
-        before = await snapshot(accounts[0])
-        rate_before = math.inf
-        ops: dict[str, Callable[[SharedAccount], Awaitable[object]]] = {
-            "acquire": lambda a: a.acquire_slots(rng.randint(0, 6)),
-            "release": lambda a: a.release_slots(rng.randint(0, 6)),
-            "refused": lambda a: refused(a, rng.uniform(0, 0.05)),
-            "accepted": lambda a: a.slot_accepted(rng.randint(1, 3)),
-            "pause": lambda a: a.pause(rng.uniform(0, 0.5), a.worker),
-            "heartbeat": lambda a: a.heartbeat(),
-            "requests": lambda a: a.requests_accepted(rng.randint(0, 20)),
-            "rate_limited": lambda a: refused(a, rng.uniform(0, 0.05), rate=True),
-            "tokens": lambda a: a.acquire_rate(rng.randint(0, 10)),
-            "probe": lambda a: probe(a, rng.choice(["accepted", "refused", "void"]), probes),
-        }
-        for step in range(150):
-            account = rng.choice(accounts)
-            name = rng.choice(list(ops))
-            await ops[name](account)
-            after = await snapshot(account)
-            in_use, limit, leased, paused_until = after
-            where = f"step {step} ({name} by {account.worker}): {after}"
-            assert in_use == leased, where
-            assert all(v > 0 for v in (await leases(account)).values()), where
-            if limit is not None:
-                assert limit >= 1, where
-                # A grant never takes the slots in use above the limit; only a lower limit
-                # (a decrease) leaves them above it, until slots are given back, and an
-                # accepted probe (a task the service took) adds one.
-                extra = 1 if name == "probe" else 0
-                assert in_use <= max(before[0], math.floor(limit)) + extra, where
-            if name == "probe" and probes[-1] == "accepted":
-                assert in_use == before[0] + 1, where  # its one task's slot, no more
-            elif name == "probe":
-                assert in_use == before[0], where
-            if before[1] is not None:
-                assert limit is not None, where  # a learned limit is never forgotten
-            assert paused_until >= before[3], where
-            rate, peak = await field(account, "rate"), await field(account, "peak")
-            if rate is not None:
-                # A rate limit lowers the rate, but never below 0.9 times the peak.
-                assert rate >= min(rate_before, 0.9 * (peak or 0) / 0.2) - 1e-9, where
-                rate_before = rate
-            before = after
-        assert "accepted" in probes  # the probes did take slots beyond the limit
+        with pytest.raises(AssertionError, match="probe"):
+            await interleave(accounts, random.Random(1))
+
+
+async def interleave(accounts: Sequence[SharedAccount], rng: random.Random) -> None:
+    """150 random operations by random workers of one account; after each, assert the
+    invariants: the slots in use equal the leases (all positive), never exceed the limit
+    but by a lowered limit or an accepted probe's one task, a learned limit and a pause's
+    end never go back, and the rate never falls below 0.9 times the peak."""
+    probes: list[str] = []
+    before = await snapshot(accounts[0])
+    rate_before = math.inf
+    ops: dict[str, Callable[[SharedAccount], Awaitable[object]]] = {
+        "acquire": lambda a: a.acquire_slots(rng.randint(0, 6)),
+        "release": lambda a: a.release_slots(rng.randint(0, 6)),
+        "refused": lambda a: refused(a, rng.uniform(0, 0.05)),
+        "accepted": lambda a: a.slot_accepted(rng.randint(1, 3)),
+        "pause": lambda a: a.pause(rng.uniform(0, 0.5), a.worker),
+        "heartbeat": lambda a: a.heartbeat(),
+        "requests": lambda a: a.requests_accepted(rng.randint(0, 20)),
+        "rate_limited": lambda a: refused(a, rng.uniform(0, 0.05), rate=True),
+        "tokens": lambda a: a.acquire_rate(rng.randint(0, 10)),
+        "probe": lambda a: probe(a, rng.choice(["accepted", "refused", "void"]), probes),
+    }
+    for step in range(150):
+        account = rng.choice(accounts)
+        name = rng.choice(list(ops))
+        await ops[name](account)
+        after = await snapshot(account)
+        in_use, limit, leased, paused_until = after
+        where = f"step {step} ({name} by {account.worker}): {after}"
+        assert in_use == leased, where
+        assert all(v > 0 for v in (await leases(account)).values()), where
+        if limit is not None:
+            assert limit >= 1, where
+            # A grant never takes the slots in use above the limit; only a lower limit
+            # (a decrease) leaves them above it, until slots are given back, and an
+            # accepted probe (a task the service took) adds one.
+            extra = 1 if name == "probe" else 0
+            assert in_use <= max(before[0], math.floor(limit)) + extra, where
+        if name == "probe" and probes[-1] == "accepted":
+            assert in_use == before[0] + 1, where  # its one task's slot, no more
+        elif name == "probe":
+            assert in_use == before[0], where
+        if before[1] is not None:
+            assert limit is not None, where  # a learned limit is never forgotten
+        assert paused_until >= before[3], where
+        rate, peak = await field(account, "rate"), await field(account, "peak")
+        if rate is not None:
+            # A rate limit lowers the rate, but never below 0.9 times the peak.
+            assert rate >= min(rate_before, 0.9 * (peak or 0) / 0.2) - 1e-9, where
+            rate_before = rate
+        before = after
+    assert "accepted" in probes  # the probes did take slots beyond the limit
 
 
 async def probe(account: SharedAccount, outcome: str, answered: list[str]) -> None:
