@@ -15,6 +15,7 @@ from captchaflow.policies import (
     FleetGate,
     Hold,
     Refuse,
+    StartupWindow,
     TaskDurations,
     TimingGate,
 )
@@ -112,6 +113,28 @@ def test_paced_requests_spend_leased_tokens_and_stale_polls_go_without() -> None
     assert isinstance(gate.admit("a", POLL, retry=False, now=5), Admit)
     held = gate.admit("b", CREATE, retry=False, now=5)
     assert isinstance(held, Hold) and "Redis unreachable" in held.reason
+
+
+def test_tokens_no_job_waits_for_lapse_at_the_next_sync() -> None:
+    """After a sync a worker holds no more tokens than jobs wait for: a token leased for a
+    job the local gate then held is not kept to be spent later, in a burst with others."""
+    gate = synced(SharedGate(local=FleetGate(startup=StartupWindow(requests=1))), paced=True)
+    for job in ("a", "b", "c"):
+        assert isinstance(gate.admit(job, POLL, retry=False, now=0.1), Hold)
+    gate.leased(tokens=3)
+    assert isinstance(gate.admit("a", POLL, retry=False, now=0.2), Admit)  # spends one
+    held = gate.admit("b", POLL, retry=False, now=0.2)  # the start-up window holds it
+    assert isinstance(held, Hold) and "token" not in held.reason
+    assert gate.view.tokens == 2 and list(gate.waiting_token) == ["c"]
+    synced(gate, 0.225, paced=True)
+    assert gate.view.tokens == 1  # c's; b's lapsed
+    assert isinstance(gate.admit("c", POLL, retry=False, now=0.23), Hold)  # window still full
+    synced(gate, 0.25, paced=True)
+    assert gate.view.tokens == 0 and gate.wanted_tokens == 0
+    # The window opens (an answer came back): b waits for a token again, and gets one.
+    gate.observe("a", POLL, None, sent_at=0.2, now=0.3)
+    assert isinstance(gate.admit("b", POLL, retry=False, now=0.3), Hold)
+    assert gate.wanted_tokens == 1
 
 
 def test_account_wide_signals_become_news_for_the_other_workers() -> None:

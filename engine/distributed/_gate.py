@@ -26,7 +26,11 @@ What the view holds, and how it binds the worker:
   limit only by accepted probes (tasks the service took) or a lowered limit, and come
   back as slots free.
 - request tokens: once the account has a learned rate, every request needs a token leased
-  from the shared bucket; a worker spends at most what it leased.
+  from the shared bucket; a worker spends at most what it leased. Tokens are leased for
+  jobs that wait for one, and lapse at the next sync when no job waits for them (a job the
+  local gate holds waits for the local gate, not for a token): kept for later, they would
+  go out together in a burst beyond the bucket's size, which a service counting requests
+  over a sliding window refuses.
 
 When Redis cannot be reached (the view is older than `stale_after`), the worker keeps its
 jobs: requests for tasks that exist (polls) go without tokens, paced by the local gate, and
@@ -73,7 +77,8 @@ class SharedView:
     probe's, or a lowered limit's): slots freed here go back to the account, not to the
     next job here, until that many have."""
     tokens: int = 0
-    """Request tokens leased to this worker and not spent."""
+    """Request tokens leased to this worker and not spent (never more than jobs wait for
+    after a sync: see `SharedGate.synced`)."""
     synced_at: float | None = None
     """When the view was last brought in step with Redis (None: never)."""
 
@@ -204,8 +209,9 @@ class SharedGate:
         view.circuit_until, view.circuit_reason = circuit_until, circuit_reason
         view.paced = paced
         view.over = max(0, over)
-        if not paced:
-            view.tokens = 0  # pacing ended: tokens are not needed
+        # Tokens are the account's rate now, not savings: those no job waits for lapse, so
+        # that no worker can later spend more at once than the shared bucket holds.
+        view.tokens = min(view.tokens, len(self.waiting_token)) if paced else 0
         view.synced_at = now
         if changed:
             self._wake.extend(self.local.live)
@@ -238,6 +244,9 @@ class SharedGate:
             return Hold(None, "paced to the shared account's rate")
         decision = self.local.admit(job, endpoint, retry=retry, now=now)
         if not isinstance(decision, Admit):
+            # Held by the local gate, not for want of a token: a token leased for it would
+            # be kept unspent (and spent later with others, in a burst).
+            self.waiting_token.pop(job, None)
             return decision
         if endpoint is _CREATE and job not in self.slot_holders:
             if not probe:
