@@ -648,15 +648,13 @@ async def interleave(accounts: Sequence[SharedAccount], rng: random.Random) -> N
         assert all(v > 0 for v in (await leases(account)).values()), where
         if limit is not None:
             assert limit >= 1, where
+        if name == "probe":
+            # Only an accepted probe (a task the service took) adds a slot: exactly one.
+            assert in_use == before[0] + (probes[-1] == "accepted"), where
+        elif limit is not None:
             # A grant never takes the slots in use above the limit; only a lower limit
-            # (a decrease) leaves them above it, until slots are given back, and an
-            # accepted probe (a task the service took) adds one.
-            extra = 1 if name == "probe" else 0
-            assert in_use <= max(before[0], math.floor(limit)) + extra, where
-        if name == "probe" and probes[-1] == "accepted":
-            assert in_use == before[0] + 1, where  # its one task's slot, no more
-        elif name == "probe":
-            assert in_use == before[0], where
+            # (a decrease) leaves them above it, until slots are given back.
+            assert in_use <= max(before[0], math.floor(limit)), where
         if before[1] is not None:
             assert limit is not None, where  # a learned limit is never forgotten
         assert paused_until >= before[3], where
