@@ -57,6 +57,7 @@ from captchaflow.transports import (
     ApiReply,
     ApiRequest,
     Endpoint,
+    ErrorCode,
     JsonValue,
     TaskId,
     TransportError,
@@ -134,6 +135,7 @@ _Entry: TypeAlias = tuple[float, str, str, str, str]
 
 _CREATE: Final = Endpoint.CREATE_TASK
 _GET: Final = Endpoint.GET_TASK_RESULT
+_NO_SLOT: Final = int(ErrorCode.NO_SLOT_AVAILABLE)
 _BACKOFF: Final = TaskState.BACKOFF.value
 _INITIAL: Final = INITIAL_STATE.value
 _READY: Final = TaskState.READY.value
@@ -850,10 +852,14 @@ class Job:
         return float(answer)
 
     def _on_failure(self, failure: Failure, now: float) -> None:
-        self.attempt += 1
         self.last_failure = failure
+        slot_wait = failure.code == _NO_SLOT and self._gate_queues_for_slots(now)
+        if slot_wait is None:
+            return  # the gate failed the job
+        if not slot_wait:
+            self.attempt += 1
         context = RetryContext(
-            attempt=self.attempt,
+            attempt=1 if slot_wait else self.attempt,
             resubmits=self.resubmits,
             now=now,
             deadline=self.deadline,
@@ -881,6 +887,26 @@ class Job:
             cause = f"{what}; retry in {delay:.3g}s ({decision.reason})"
         self._next_at = now + delay
         self._move("defer", now, cause)
+
+    def _gate_queues_for_slots(self, now: float) -> bool | None:
+        """A `SlotQueueGate`'s answer, checked: True or False (no gate, or not such a gate:
+        False), or None once the job failed with `PolicyError` naming the gate (it raised
+        or answered something other than a bool)."""
+        ask = getattr(self.gate, "queues_for_slots", None)  # see `_expected_task_seconds`
+        if not callable(ask):
+            return False
+        gate = type(self.gate).__name__
+        try:
+            answer = ask()
+        except Exception as exc:
+            self._fail_policy(now, f"gate {gate}.queues_for_slots raised {exc!r}")
+            return None
+        if type(answer) is not bool:
+            self._fail_policy(
+                now, f"gate {gate}.queues_for_slots answered {answer!r}: it must be a bool"
+            )
+            return None
+        return answer
 
     def _fail(self, failure: Failure, now: float, reason: str) -> None:
         self._move("fail", now, f"{_describe(failure)}; {reason}")

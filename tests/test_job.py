@@ -55,6 +55,7 @@ from captchaflow.policies import (
     FleetGate,
     GiveUp,
     NoRetry,
+    OpenGate,
     PollSchedule,
     Resubmit,
     RetryAfter,
@@ -1037,3 +1038,116 @@ def test_next_action_waits_as_wait_makes_it(now: float) -> None:
     assert hash(action) == hash(Wait(2.1)) and repr(action) == repr(_wait(2.1))
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         action.until = 3.0  # type: ignore[misc]
+
+
+# -- a createTask refused for want of a slot, with a gate that queues for slots ---------------
+
+NO_SLOT_REFUSAL = fail(Bucket.RETRYABLE, Endpoint.CREATE_TASK, name="NO_SLOT_AVAILABLE", code=2)
+
+
+class SlotQueue(OpenGate):
+    """An open gate that says whether it queues createTasks for slots (`answer`; an
+    exception is raised instead)."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def queues_for_slots(self) -> object:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+class RecordingPolicy:
+    """`DocumentedPolicy` (seeded, `max_attempts` as given), recording each context."""
+
+    def __init__(self, max_attempts: int) -> None:
+        self.inner = DocumentedPolicy(max_attempts=max_attempts, rng=random.Random(3))
+        self.contexts: list[RetryContext] = []
+
+    def decide(self, failure: Failure, context: RetryContext) -> Decision:
+        self.contexts.append(context)
+        return self.inner.decide(failure, context)
+
+
+def refuse_for_slots(gate: object, refusals: int, max_attempts: int) -> tuple[Job, list[float]]:
+    """A job whose first `refusals` createTasks all meet NO_SLOT_AVAILABLE; return it and the
+    delay before each retry."""
+    policy = RecordingPolicy(max_attempts)
+    job = Job(
+        TASK,
+        key=KEY,
+        policy=policy,  # type: ignore[arg-type]
+        schedule=FixedInterval(),
+        now=0.0,
+        timeout=10_000.0,
+        gate=gate,  # type: ignore[arg-type]
+    )
+    now, delays = 0.0, []
+    for _ in range(refusals):
+        action = job.next_action(now)
+        if not isinstance(action, Send):
+            break
+        job.feed(NO_SLOT_REFUSAL, now)
+        action = job.next_action(now)
+        if isinstance(action, Wait):
+            delays.append(action.until - now)
+            now = action.until
+    return job, delays
+
+
+@given(refusals=st.integers(1, 15), max_attempts=st.integers(2, 6))
+@settings(max_examples=40, deadline=None)
+def test_property_slot_refusals_do_not_escalate_with_a_gate_that_queues_for_slots(
+    refusals: int, max_attempts: int
+) -> None:
+    """Invariant: with a gate whose `queues_for_slots()` is True, every NO_SLOT_AVAILABLE
+    refusal is retried after the policy's first backoff (it sees attempt 1 each time, the
+    job's attempt count stays 0) and never exhausts the attempts: the job is still going
+    after any number of refusals (its deadline alone bounds them). (A policy whose answer
+    to attempt 1 is to give up, `max_attempts=1`, is obeyed.)"""
+    job, delays = refuse_for_slots(SlotQueue(True), refusals, max_attempts)
+    assert not job.finished
+    assert job.attempt == 0
+    assert len(delays) == refusals and all(1.0 <= delay < 2.0 for delay in delays)
+
+
+def test_slot_refusals_escalate_and_exhaust_without_a_queueing_gate() -> None:
+    """A gate that does not queue (answer False), and no gate at all, leave a refusal a
+    failed attempt like any other: growing backoff, and RetriesExhaustedError at the
+    sixth."""
+    for gate in (SlotQueue(False), None):
+        job, delays = refuse_for_slots(gate, 10, 6)
+        assert isinstance(job.error, RetriesExhaustedError)
+        assert job.requests_sent == 6
+        assert delays[3] >= 8.0  # attempt 4 waits 2 ** 3 s plus jitter
+
+
+def test_mutant_job_escalating_slot_refusals_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutant check for the property above: a job that does not ask the gate escalates."""
+    monkeypatch.setattr(Job, "_gate_queues_for_slots", lambda self, now: False)
+    job, _ = refuse_for_slots(SlotQueue(True), 8, 6)
+    assert job.finished  # the property's `not job.finished` catches it
+
+
+@pytest.mark.parametrize("answer", [1, None, "yes", RuntimeError("broken gate")])
+def test_a_gate_answering_queues_for_slots_wrongly_fails_the_job(answer: object) -> None:
+    """A `queues_for_slots` that raises or answers something other than a bool fails the
+    job with `PolicyError` naming the gate, on the refusal it was asked about."""
+    job, _ = refuse_for_slots(SlotQueue(answer), 1, 6)
+    assert isinstance(job.error, PolicyError)
+    assert "SlotQueue.queues_for_slots" in str(job.error)
+    assert job.requests_sent == 1
+
+
+def test_fleet_gate_queues_for_slots_once_slots_are_scarce() -> None:
+    """`FleetGate` queues createTasks for slots once the service said NO_SLOT_AVAILABLE (its
+    `AdaptiveConcurrency` then bounds them), not before, and never without that part."""
+    gate = FleetGate()
+    assert gate.queues_for_slots() is False
+    gate.register("job", 0.0)
+    gate.observe("job", Endpoint.CREATE_TASK, NO_SLOT_REFUSAL, sent_at=0.0, now=0.1)
+    assert gate.queues_for_slots() is True
+    without = FleetGate(concurrency=None)
+    without.observe("job", Endpoint.CREATE_TASK, NO_SLOT_REFUSAL, sent_at=0.0, now=0.1)
+    assert without.queues_for_slots() is False

@@ -15,6 +15,7 @@ from captchaflow.policies import (
     FleetGate,
     Hold,
     Refuse,
+    SlotQueueGate,
     StartupWindow,
     TaskDurations,
     TimingGate,
@@ -187,6 +188,15 @@ def test_a_worker_gate_expects_what_its_local_gate_learned_of_task_times() -> No
     gate.observe("a", CREATE, None, sent_at=0, now=0.5)
     gate.release("a", 9.5)
     assert gate.expected_task_seconds() == 9.0
+
+
+def test_a_worker_gate_always_queues_creates_for_slots() -> None:
+    """Every createTask waits for a slot leased from the account, from the start (before its
+    local gate learned any slot limit): a job refused for want of a slot does not escalate
+    its backoff (see `SlotQueueGate`)."""
+    gate = SharedGate()
+    assert isinstance(gate, SlotQueueGate) and gate.local.queues_for_slots() is False
+    assert gate.queues_for_slots() is True
 
 
 def waiting(gate: SharedGate, *jobs: str, now: float = 0.0) -> None:

@@ -321,6 +321,11 @@ class SharedGate:
         """What the local gate learned of this worker's tasks (see `TimingGate`)."""
         return self.local.expected_task_seconds()
 
+    def queues_for_slots(self) -> bool:
+        """Always: every createTask waits for a slot leased from the account (see
+        `SlotQueueGate`)."""
+        return True
+
     def task_left_running(self, job: Hashable, now: float) -> None:
         """Tell the local gate (see `TimingGate`); the shared slot goes back when the job
         is released, as before."""
