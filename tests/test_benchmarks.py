@@ -18,6 +18,7 @@ KEYS = (
     "bench-http-key",
     "bench-scale-key",
     "bench-short-timeout-key",
+    "bench-slot-refusals-key",
 )
 
 
@@ -40,6 +41,11 @@ KEYS = (
         ("imports.py", ["--runs", "1"], "imports: engine_vs_httpx="),
         ("scale.py", ["--sizes", "100,300", "--runs", "1"], "scale: jobs=300 bytes_per_job="),
         ("short_timeout.py", ["--seeds", "1"], "short_timeout: worst_solved_vs_open="),
+        (
+            "slot_refusals.py",
+            ["--seeds", "1", "--tasks-scale", "0.1"],
+            "slot_refusals: makespan_vs_escalating=",
+        ),
         (
             "http.py",  # the entry point, which runs http_cost.py
             ["--tasks", "20", "--in-flight", "5", "--connections", "5", "--rounds", "1"],
