@@ -34,7 +34,7 @@ import itertools
 import json
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeGuard
 
 import attrs
 
@@ -127,6 +127,7 @@ def _wait(until: float) -> Wait:
 
 FINISHED: Final = Finished()
 _GATE_FAILED: Final = object()
+_NOT_ASKED: Final = object()
 _new_move: Final = tuple.__new__
 """Makes a `Move` as `Move(...)` does, without the call through its generated `__new__`."""
 
@@ -825,29 +826,37 @@ class Job:
             self._fail_deadline(now, reason)
         return True
 
+    def _ask_gate(self, method: str, now: float) -> object:
+        """The answer of the gate's optional `method` (one a `TimingGate` or a
+        `SlotQueueGate` adds): `_NOT_ASKED` when the gate has none, `_GATE_FAILED` once the
+        job failed with `PolicyError` naming the gate because it raised."""
+        # getattr rather than isinstance(gate, TimingGate): far cheaper than a runtime
+        # Protocol check, and the same answer for any gate whose method is a method.
+        ask = getattr(self.gate, method, None)
+        if not callable(ask):
+            return _NOT_ASKED
+        try:
+            return ask()
+        except Exception as exc:
+            self._fail_policy(now, f"gate {type(self.gate).__name__}.{method} raised {exc!r}")
+            return _GATE_FAILED
+
+    def _gate_answered_wrongly(self, method: str, answer: object, must: str, now: float) -> None:
+        gate = type(self.gate).__name__
+        self._fail_policy(now, f"gate {gate}.{method} answered {answer!r}: it must be {must}")
+
     def _expected_task_seconds(self, now: float) -> object:
         """A `TimingGate`'s expected task time, checked: a float, None (no gate, not a
         timing one, or it does not know yet), or `_GATE_FAILED` (the job failed with
         `PolicyError` naming the gate: it raised or answered garbage)."""
-        # getattr rather than isinstance(gate, TimingGate): far cheaper than a runtime
-        # Protocol check, and the same answer for any gate whose method is a method.
-        ask = getattr(self.gate, "expected_task_seconds", None)
-        if not callable(ask):
+        answer = self._ask_gate("expected_task_seconds", now)
+        if answer is _NOT_ASKED or answer is None:
             return None
-        gate = type(self.gate).__name__
-        try:
-            answer = ask()
-        except Exception as exc:
-            self._fail_policy(now, f"gate {gate}.expected_task_seconds raised {exc!r}")
+        if answer is _GATE_FAILED:
             return _GATE_FAILED
-        if answer is None:
-            return None
         if not _is_seconds(answer) or not (0 <= answer < math.inf):
-            self._fail_policy(
-                now,
-                f"gate {gate}.expected_task_seconds answered {answer!r}: it must be None or "
-                "a finite number of seconds >= 0",
-            )
+            must = "None or a finite number of seconds >= 0"
+            self._gate_answered_wrongly("expected_task_seconds", answer, must, now)
             return _GATE_FAILED
         return float(answer)
 
@@ -892,19 +901,13 @@ class Job:
         """A `SlotQueueGate`'s answer, checked: True or False (no gate, or not such a gate:
         False), or None once the job failed with `PolicyError` naming the gate (it raised
         or answered something other than a bool)."""
-        ask = getattr(self.gate, "queues_for_slots", None)  # see `_expected_task_seconds`
-        if not callable(ask):
+        answer = self._ask_gate("queues_for_slots", now)
+        if answer is _NOT_ASKED:
             return False
-        gate = type(self.gate).__name__
-        try:
-            answer = ask()
-        except Exception as exc:
-            self._fail_policy(now, f"gate {gate}.queues_for_slots raised {exc!r}")
+        if answer is _GATE_FAILED:
             return None
         if type(answer) is not bool:
-            self._fail_policy(
-                now, f"gate {gate}.queues_for_slots answered {answer!r}: it must be a bool"
-            )
+            self._gate_answered_wrongly("queues_for_slots", answer, "a bool", now)
             return None
         return answer
 
@@ -944,7 +947,7 @@ class Job:
         return attrs.evolve(failure, message=message, name=name)
 
 
-def _is_seconds(value: object) -> bool:
+def _is_seconds(value: object) -> TypeGuard[float]:
     """A real number of seconds: an int or float, not a bool, a string or NaN."""
     return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
