@@ -88,13 +88,12 @@ def run_once(gate: AccountGate, tasks: int, slots: int, in_flight: int, seed: in
     for _ in range(tasks):
         simulation.submit(TASK)
     report = simulation.run()
-    ends = [move.at for job in simulation.jobs for move in job.history[-1:]]
     refused = sum(n for label, n in api.stats.outcomes.items() if label.endswith(" code:2"))
     return Run(
         solved=report.states()["ready"],
         requests=sum(api.stats.requests.values()),
         refused=refused,
-        makespan=max(ends),
+        makespan=max(report.finished_at.values()),
     )
 
 

@@ -196,12 +196,12 @@ class SlotQueueGate(AccountGate, Protocol):
     a gate that does not queue) a refusal is a failed attempt like any other, whose backoff
     grows: that is what keeps jobs with nothing to hold them from hammering a full account.
 
-    Measured in virtual time (`Simulation`, one account of 20 slots at 30 requests/s, 2 +- 1
-    s solves, 200 jobs in flight, 3 seeds): 400 tasks in 46.5 s on average against 48.6 s
-    with the escalating backoff, 2,000 tasks in 217.8 s against 227.4 s; with 10 slots,
-    400 tasks in 91.5 s against 99.1 s. The escalation left a few jobs each refused four
-    or five times in a row waiting 4 to 16 s at the end of a run while slots stood free,
-    and a sixth refusal in a row failed the task."""
+    Measured by `benchmarks/slot_refusals.py` in virtual time (one account of 20 slots at
+    30 requests/s, 2 +- 1 s solves, 200 jobs in flight, 3 seeds): 400 tasks in 46.5 s on
+    average against 48.6 s with the escalating backoff, 2,000 tasks in 217.8 s against
+    227.5 s; with 10 slots, 400 tasks in 91.5 s against 99.1 s. The escalation left a few
+    jobs each refused four or five times in a row waiting 4 to 8.5 s at the end of a run
+    while slots stood free, and a sixth refusal in a row failed the task."""
 
     def queues_for_slots(self) -> bool:
         """Whether a createTask refused for want of a slot waits in this gate's queue now.

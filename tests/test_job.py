@@ -1109,6 +1109,8 @@ def test_property_slot_refusals_do_not_escalate_with_a_gate_that_queues_for_slot
     job, delays = refuse_for_slots(SlotQueue(True), refusals, max_attempts)
     assert not job.finished
     assert job.attempt == 0
+    assert isinstance(job.policy, RecordingPolicy)
+    assert [context.attempt for context in job.policy.contexts] == [1] * refusals
     assert len(delays) == refusals and all(1.0 <= delay < 2.0 for delay in delays)
 
 
