@@ -138,6 +138,32 @@ def test_tokens_no_job_waits_for_lapse_at_the_next_sync() -> None:
     assert gate.wanted_tokens == 1
 
 
+def test_only_jobs_that_can_send_want_tokens() -> None:
+    """Tokens wanted are those the waiting jobs can spend: a poll's, and one per slot in
+    hand for the createTasks that wait for one. A job that waits for a slot wants none (it
+    would keep the account's tokens from the polls of the other workers)."""
+    gate = synced(SharedGate(), paced=True)
+    for job in ("a", "b", "c"):
+        assert isinstance(gate.admit(job, CREATE, retry=False, now=0.1), Hold)
+    assert gate.wanted_tokens == 0 and gate.wanted_slots == 3
+    gate.leased(slots=1)
+    for job in gate.wakeups():
+        assert isinstance(gate.admit(job, CREATE, retry=False, now=0.2), Hold)
+    assert gate.wanted_tokens == 1  # one slot in hand: one createTask can go
+    assert isinstance(gate.admit("p", POLL, retry=False, now=0.2), Hold)
+    assert gate.wanted_tokens == 2  # and the poll
+    gate.leased(tokens=2)
+    woken = gate.wakeups()
+    decisions = {
+        job: gate.admit(job, POLL if job == "p" else CREATE, retry=False, now=0.3) for job in woken
+    }
+    assert sum(isinstance(d, Admit) for d in decisions.values()) == 2  # a create and p
+    assert gate.view.slots == 0 and gate.view.tokens == 0
+    assert gate.wanted_tokens == 0 and gate.wanted_slots == 2
+    synced(gate, 0.35, paced=True)
+    assert gate.wanted_tokens == 0
+
+
 def test_account_wide_signals_become_news_for_the_other_workers() -> None:
     gate = synced(SharedGate())
     gate.register("a", 0)

@@ -27,10 +27,12 @@ What the view holds, and how it binds the worker:
   back as slots free.
 - request tokens: once the account has a learned rate, every request needs a token leased
   from the shared bucket; a worker spends at most what it leased. Tokens are leased for
-  jobs that wait for one, and lapse at the next sync when no job waits for them (a job the
-  local gate holds waits for the local gate, not for a token): kept for later, they would
-  go out together in a burst beyond the bucket's size, which a service counting requests
-  over a sliding window refuses.
+  jobs that wait for one and could spend it (polls; createTasks, no more of them than the
+  slots in hand), and lapse at the next sync when no job waits for them (a job the local
+  gate holds waits for the local gate, and a createTask with no slot waits for a slot, not
+  for a token): kept for later, they would go out together in a burst beyond the bucket's
+  size, which a service counting requests over a sliding window refuses; leased for jobs
+  that cannot spend them, they would starve the other workers' polls.
 
 When Redis cannot be reached (the view is older than `stale_after`), the worker keeps its
 jobs: requests for tasks that exist (polls) go without tokens, paced by the local gate, and
@@ -119,6 +121,10 @@ class SharedGate:
     """Jobs holding a shared slot (from admission of their createTask to their end)."""
     waiting_slot: dict[Hashable, None] = attrs.field(factory=dict)
     waiting_token: dict[Hashable, None] = attrs.field(factory=dict)
+    """Jobs that would send once given a token: polls, and createTasks holding a slot."""
+    waiting_token_with_slot: dict[Hashable, None] = attrs.field(factory=dict)
+    """CreateTasks that found a slot in hand but no token: as many of them as there are
+    slots in hand can send once given tokens (the others will wait for a slot)."""
     owed_slots: int = 0
     """Leased slots owed back to the account: those the service refused a createTask with
     (NO_SLOT_AVAILABLE), and those freed while the account was over its limit."""
@@ -160,8 +166,8 @@ class SharedGate:
 
     @property
     def wanted_tokens(self) -> int:
-        """Tokens jobs are waiting for beyond those in hand."""
-        return max(0, len(self.waiting_token) - self.view.tokens)
+        """Tokens jobs are waiting for and could spend, beyond those in hand."""
+        return max(0, self._spendable_tokens() - self.view.tokens)
 
     def take_accepted(self) -> int:
         """Requests the service answered since the last call (for the shared measurement)."""
@@ -183,8 +189,9 @@ class SharedGate:
         self.view.tokens += tokens
         if slots:
             self._wake.extend(self.waiting_slot)
-        if tokens:
+        if tokens:  # polls first: their answers free slots
             self._wake.extend(self.waiting_token)
+            self._wake.extend(self.waiting_token_with_slot)
 
     def synced(
         self,
@@ -211,7 +218,7 @@ class SharedGate:
         view.over = max(0, over)
         # Tokens are the account's rate now, not savings: those no job waits for lapse, so
         # that no worker can later spend more at once than the shared bucket holds.
-        view.tokens = min(view.tokens, len(self.waiting_token)) if paced else 0
+        view.tokens = min(view.tokens, self._spendable_tokens()) if paced else 0
         view.synced_at = now
         if changed:
             self._wake.extend(self.local.live)
@@ -236,17 +243,24 @@ class SharedGate:
         probe = no_slot and job is self.probing and not stale
         if no_slot and not probe:
             self.waiting_slot[job] = None
+            # Not waiting for a token now: a token leased for it would be kept from the
+            # jobs that can spend it (polls, above all, whose answers free slots).
+            self._stop_waiting_for_token(job)
             reason = "Redis unreachable: no new tasks" if stale else "waiting for a slot"
             return Hold(None, f"{reason} (shared account)")
         needs_token = view.paced and not (stale and endpoint is not _CREATE)
         if needs_token and view.tokens <= 0:
-            self.waiting_token[job] = None
+            self._stop_waiting_for_token(job)
+            if no_slot or job in self.slot_holders or endpoint is not _CREATE:
+                self.waiting_token[job] = None
+            else:  # it needs one of the slots in hand too
+                self.waiting_token_with_slot[job] = None
             return Hold(None, "paced to the shared account's rate")
         decision = self.local.admit(job, endpoint, retry=retry, now=now)
         if not isinstance(decision, Admit):
             # Held by the local gate, not for want of a token: a token leased for it would
             # be kept unspent (and spent later with others, in a burst).
-            self.waiting_token.pop(job, None)
+            self._stop_waiting_for_token(job)
             return decision
         if endpoint is _CREATE and job not in self.slot_holders:
             if not probe:
@@ -257,7 +271,7 @@ class SharedGate:
             self.waiting_slot.pop(job, None)
         if needs_token:
             view.tokens -= 1
-            self.waiting_token.pop(job, None)
+            self._stop_waiting_for_token(job)
         return decision
 
     def observe(
@@ -315,7 +329,7 @@ class SharedGate:
         self.local.release(job, now)
         self._give_back_slot(job)
         self.waiting_slot.pop(job, None)
-        self.waiting_token.pop(job, None)
+        self._stop_waiting_for_token(job)
 
     def expected_task_seconds(self) -> float | None:
         """What the local gate learned of this worker's tasks (see `TimingGate`)."""
@@ -353,6 +367,15 @@ class SharedGate:
         if now < view.paused_until:
             return Hold(view.paused_until, f"account paused (shared): {view.pause_reason}")
         return None
+
+    def _spendable_tokens(self) -> int:
+        """How many tokens the jobs waiting for one could spend now."""
+        with_slot = min(max(0, self.view.slots), len(self.waiting_token_with_slot))
+        return len(self.waiting_token) + with_slot
+
+    def _stop_waiting_for_token(self, job: Hashable) -> None:
+        self.waiting_token.pop(job, None)
+        self.waiting_token_with_slot.pop(job, None)
 
     def _probe_answer(self, outcome: str) -> None:
         self.probing = None
