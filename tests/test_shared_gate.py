@@ -164,6 +164,20 @@ def test_only_jobs_that_can_send_want_tokens() -> None:
     assert gate.wanted_tokens == 0
 
 
+def test_a_create_waiting_for_a_token_keeps_the_slot_in_hand_for_it() -> None:
+    """Progress: a createTask that found a slot in hand but no token still counts as waiting
+    for a slot, so the sync gives that slot back to no one else and leases it a token."""
+    gate = synced(SharedGate(), paced=True)
+    gate.leased(slots=1)
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0.1), Hold)
+    assert gate.spare_slots(0) == 0 and gate.view.slots == 1
+    assert gate.wanted_tokens == 1 and gate.wanted_slots == 0
+    gate.leased(tokens=1)
+    assert gate.wakeups() == ["a"]
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0.2), Admit)
+    assert gate.waiting_slot == {} and gate.waiting_token_with_slot == {}
+
+
 def test_account_wide_signals_become_news_for_the_other_workers() -> None:
     gate = synced(SharedGate())
     gate.register("a", 0)

@@ -253,8 +253,9 @@ class SharedGate:
             self._stop_waiting_for_token(job)
             if no_slot or job in self.slot_holders or endpoint is not _CREATE:
                 self.waiting_token[job] = None
-            else:  # it needs one of the slots in hand too
+            else:  # it needs one of the slots in hand too: keep one for it
                 self.waiting_token_with_slot[job] = None
+                self.waiting_slot[job] = None
             return Hold(None, "paced to the shared account's rate")
         decision = self.local.admit(job, endpoint, retry=retry, now=now)
         if not isinstance(decision, Admit):
