@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from captchaflow.engine import Simulation
 from captchaflow.engine.distributed._gate import SharedGate
 from captchaflow.policies import (
@@ -176,6 +179,108 @@ def test_a_create_waiting_for_a_token_keeps_the_slot_in_hand_for_it() -> None:
     assert gate.wakeups() == ["a"]
     assert isinstance(gate.admit("a", CREATE, retry=False, now=0.2), Admit)
     assert gate.waiting_slot == {} and gate.waiting_token_with_slot == {}
+
+
+def test_a_slot_wakes_one_waiting_job_first_come_first() -> None:
+    """A slot leased or freed wakes as many jobs waiting for one as there are slots, not all
+    of them (which cost a worker several times the CPU, every job but one held again)."""
+    gate = synced(SharedGate())
+    jobs = [f"j{n}" for n in range(10)]
+    for job in jobs:
+        assert isinstance(gate.admit(job, CREATE, retry=False, now=0.1), Hold)
+    gate.leased(slots=2)
+    assert gate.wakeups() == ["j0", "j1"]
+    assert isinstance(gate.admit("j0", CREATE, retry=False, now=0.2), Admit)
+    gate.release("j0", 0.3)  # its slot back in hand: the next waiting job, j1 still woken
+    assert gate.wakeups() == ["j1", "j2"]
+
+
+def test_a_woken_job_that_cannot_take_its_slot_passes_it_on() -> None:
+    local = FleetGate(startup=StartupWindow(requests=1))
+    gate = synced(SharedGate(local=local))
+    assert isinstance(gate.admit("x", POLL, retry=False, now=0.0), Admit)  # fills the window
+    for job in ("a", "b", "c"):
+        assert isinstance(gate.admit(job, CREATE, retry=False, now=0.1), Hold)
+    gate.leased(slots=1)
+    assert gate.wakeups() == ["a"]
+    held = gate.admit("a", CREATE, retry=False, now=0.2)  # the local window holds it
+    assert isinstance(held, Hold) and "slot" not in held.reason
+    assert gate.wakeups() == ["b"]
+    gate.release("b", 0.3)  # b ends before it runs: c is next
+    assert gate.wakeups() == ["c"]
+    assert held.until is not None  # the local gate's own hold ends by itself
+    gate.observe("x", POLL, None, sent_at=0.0, now=0.4)  # the first reply: the window opens
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=held.until), Admit)
+    assert gate.held_locally == {} and list(gate.waiting_slot) == ["c"]
+
+
+_GATE_STEPS = st.lists(
+    st.tuples(st.sampled_from(["start", "end", "slots", "tokens"]), st.integers(0, 5)),
+    max_size=40,
+)
+
+
+@given(steps=_GATE_STEPS, paced=st.booleans())
+def test_a_slot_in_hand_always_reaches_a_job_waiting_for_one(
+    steps: list[tuple[str, int]], paced: bool
+) -> None:
+    """Progress: whatever the order of starts, ends and leases, once the woken jobs have run
+    no slot (and, paced, no token) is left in hand while a job waits to create a task."""
+    gate = synced(SharedGate(), paced=paced)
+    waiting: set[str] = set()
+    holding: set[str] = set()
+
+    def run(job: str) -> None:
+        if isinstance(gate.admit(job, CREATE, retry=False, now=0.1), Admit):
+            waiting.discard(job)
+            holding.add(job)
+
+    for step, n in steps:
+        job = f"j{n}"
+        if step == "start" and job not in waiting | holding:
+            waiting.add(job)
+            run(job)
+        elif step == "end" and job in waiting | holding:
+            gate.release(job, 0.1)
+            waiting.discard(job)
+            holding.discard(job)
+        elif step in ("slots", "tokens") and n:
+            gate.leased(**{step: n})
+        for _ in range(100):
+            woken = [job for job in gate.wakeups() if job in waiting]
+            if not woken:
+                break
+            for job in woken:
+                run(job)
+        can_send = gate.view.slots > 0 and (gate.view.tokens > 0 or not paced)
+        assert not (can_send and waiting), (gate.view, waiting)
+
+
+def test_a_sync_wakes_every_job_only_on_news() -> None:
+    """Every sync turns Redis's times into this worker's clock by a freshly measured offset,
+    so an unchanged state reads a little differently each time: that wakes no one (it
+    woke every job of the worker 40 times a second). A pause, a circuit opening or closing,
+    and pacing starting wake every job."""
+    gate = synced(SharedGate(), 1.0, paused_until=-5.0, circuit_until=-5.0)
+    for job in ("a", "b"):
+        gate.register(job, 1.0)
+    gate.wakeups()
+    for n, jitter in enumerate((0.001, -0.002, 0.003)):  # a past pause, no circuit: no news
+        now = 1.0 + n * 0.025
+        synced(gate, now, paused_until=-5.0 + jitter, circuit_until=-5.0 + jitter)
+        assert gate.wakeups() == []
+    synced(gate, 1.1, paused_until=3.0, circuit_until=-5.0)  # a pause begins
+    assert gate.wakeups() == ["a", "b"]
+    synced(gate, 1.125, paused_until=3.002, circuit_until=-5.0)  # the same pause
+    assert gate.wakeups() == []
+    synced(gate, 1.15, paused_until=3.002, circuit_until=60.0)  # a circuit opens
+    assert gate.wakeups() == ["a", "b"]
+    synced(gate, 1.175, paused_until=3.002, circuit_until=60.001)
+    assert gate.wakeups() == []
+    synced(gate, 1.2, paused_until=3.002, circuit_until=-5.0)  # and closes
+    assert gate.wakeups() == ["a", "b"]
+    synced(gate, 1.225, paused_until=3.002, circuit_until=-5.0, paced=True)
+    assert gate.wakeups() == ["a", "b"]
 
 
 def test_account_wide_signals_become_news_for_the_other_workers() -> None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from typing import Final
 
 import attrs
 
@@ -103,6 +104,11 @@ class SharedEvent:
     sent_at: float = 0.0
 
 
+SAME_TIME: Final = 0.05
+"""Seconds within which two readings of one shared time (a pause's or a circuit's end) are the
+same time: the clock offset each sync measures jitters by a round trip to Redis."""
+
+
 @attrs.define(kw_only=True)
 class SharedGate:
     """An `AccountGate` for one worker of many on an account: the local `FleetGate`'s
@@ -120,6 +126,10 @@ class SharedGate:
     slot_holders: dict[Hashable, None] = attrs.field(factory=dict)
     """Jobs holding a shared slot (from admission of their createTask to their end)."""
     waiting_slot: dict[Hashable, None] = attrs.field(factory=dict)
+    """Jobs whose createTask waits for a slot (first come, first woken)."""
+    held_locally: dict[Hashable, None] = attrs.field(factory=dict)
+    """CreateTasks that found a slot in hand and were held by the local gate (which wakes
+    them): no use waking them for a slot."""
     waiting_token: dict[Hashable, None] = attrs.field(factory=dict)
     """Jobs that would send once given a token: polls, and createTasks holding a slot."""
     waiting_token_with_slot: dict[Hashable, None] = attrs.field(factory=dict)
@@ -188,7 +198,7 @@ class SharedGate:
         self.view.slots += slots
         self.view.tokens += tokens
         if slots:
-            self._wake.extend(self.waiting_slot)
+            self._wake_for_slots()
         if tokens:  # polls first: their answers free slots
             self._wake.extend(self.waiting_token)
             self._wake.extend(self.waiting_token_with_slot)
@@ -205,11 +215,16 @@ class SharedGate:
         over: int = 0,
     ) -> None:
         """The shared state as just read (times in this worker's clock): adopt it, and wake
-        every job when a pause or circuit changed or pacing started."""
+        every job when a pause began or grew, a circuit opened, closed or grew, or pacing
+        started or stopped. Times that moved by less than `SAME_TIME` count as unchanged:
+        each sync turns Redis's times into this worker's clock by an offset measured anew,
+        so they jitter by a round trip (and a past pause or a closed circuit is no news)."""
         view = self.view
+        circuit_open = circuit_until > now
         changed = (
-            paused_until > view.paused_until
-            or circuit_until != view.circuit_until
+            (paused_until > now and paused_until > view.paused_until + SAME_TIME)
+            or circuit_open != (view.circuit_until > now)
+            or (circuit_open and abs(circuit_until - view.circuit_until) > SAME_TIME)
             or paced != view.paced
         )
         view.paused_until, view.pause_reason = max(paused_until, view.paused_until), pause_reason
@@ -243,6 +258,7 @@ class SharedGate:
         probe = no_slot and job is self.probing and not stale
         if no_slot and not probe:
             self.waiting_slot[job] = None
+            self.held_locally.pop(job, None)
             # Not waiting for a token now: a token leased for it would be kept from the
             # jobs that can spend it (polls, above all, whose answers free slots).
             self._stop_waiting_for_token(job)
@@ -262,6 +278,9 @@ class SharedGate:
             # Held by the local gate, not for want of a token: a token leased for it would
             # be kept unspent (and spent later with others, in a burst).
             self._stop_waiting_for_token(job)
+            if job in self.waiting_slot:  # the slot it was woken for goes to the next job
+                self.held_locally[job] = None
+                self._wake_for_slots()
             return decision
         if endpoint is _CREATE and job not in self.slot_holders:
             if not probe:
@@ -270,6 +289,7 @@ class SharedGate:
                     self._probe_answer("void")
             self.slot_holders[job] = None
             self.waiting_slot.pop(job, None)
+            self.held_locally.pop(job, None)
         if needs_token:
             view.tokens -= 1
             self._stop_waiting_for_token(job)
@@ -328,9 +348,11 @@ class SharedGate:
         if job is self.probing:  # sent and never answered: it may have made a task
             self._probe_answer("accepted" if job in self.slot_holders else "void")
         self.local.release(job, now)
-        self._give_back_slot(job)
         self.waiting_slot.pop(job, None)
+        self.held_locally.pop(job, None)
         self._stop_waiting_for_token(job)
+        self._give_back_slot(job)
+        self._wake_for_slots()  # a slot it was woken for goes to the next job
 
     def expected_task_seconds(self) -> float | None:
         """What the local gate learned of this worker's tasks (see `TimingGate`)."""
@@ -392,5 +414,20 @@ class SharedGate:
             self.owed_slots += 1
             return
         view.slots += 1
-        if self.waiting_slot:
-            self._wake.extend(self.waiting_slot)
+        self._wake_for_slots()
+
+    def _wake_for_slots(self) -> None:
+        """Wake, first come first, as many jobs waiting for a slot as there are slots in
+        hand that no createTask waiting for a token will take, skipping those the local gate
+        holds. (Waking every waiting job for each slot cost a worker several times the CPU;
+        a woken job that does not take its slot passes it on: see `admit` and `release`.)"""
+        free = self.view.slots - len(self.waiting_token_with_slot)
+        if free <= 0:
+            return
+        held_locally, with_slot = self.held_locally, self.waiting_token_with_slot
+        for job in self.waiting_slot:
+            if job not in held_locally and job not in with_slot:
+                self._wake.append(job)
+                free -= 1
+                if free == 0:
+                    return
