@@ -183,7 +183,7 @@ def test_a_create_waiting_for_a_token_keeps_the_slot_in_hand_for_it() -> None:
 
 def test_a_slot_wakes_one_waiting_job_first_come_first() -> None:
     """A slot leased or freed wakes as many jobs waiting for one as there are slots, not all
-    of them (which cost a worker several times the CPU, every job but one held again)."""
+    of them (which re-ran them all, to hold all but one again)."""
     gate = synced(SharedGate())
     jobs = [f"j{n}" for n in range(10)]
     for job in jobs:

@@ -343,6 +343,7 @@ class SharedGate:
                 self.owed_slots += 1
         elif not failure.may_have_billed:
             self._give_back_slot(job)  # no task: the slot is free (it may be taken again)
+            self._wake_for_slots()
 
     def release(self, job: Hashable, now: float) -> None:
         if job is self.probing:  # sent and never answered: it may have made a task
@@ -352,7 +353,7 @@ class SharedGate:
         self.held_locally.pop(job, None)
         self._stop_waiting_for_token(job)
         self._give_back_slot(job)
-        self._wake_for_slots()  # a slot it was woken for goes to the next job
+        self._wake_for_slots()  # for its slot, or the one it was woken for
 
     def expected_task_seconds(self) -> float | None:
         """What the local gate learned of this worker's tasks (see `TimingGate`)."""
@@ -414,13 +415,13 @@ class SharedGate:
             self.owed_slots += 1
             return
         view.slots += 1
-        self._wake_for_slots()
 
     def _wake_for_slots(self) -> None:
         """Wake, first come first, as many jobs waiting for a slot as there are slots in
         hand that no createTask waiting for a token will take, skipping those the local gate
-        holds. (Waking every waiting job for each slot cost a worker several times the CPU;
-        a woken job that does not take its slot passes it on: see `admit` and `release`.)"""
+        holds. (Waking every waiting job for each slot re-ran them all to hold all but one
+        again; a woken job that does not take its slot passes it on: see `admit` and
+        `release`.)"""
         free = self.view.slots - len(self.waiting_token_with_slot)
         if free <= 0:
             return
