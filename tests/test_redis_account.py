@@ -321,6 +321,46 @@ async def test_the_bucket_grants_at_most_rate_times_elapsed(
     assert granted >= 0.8 * 18 * elapsed - 1  # and it does grant
 
 
+async def test_at_the_default_rate_no_window_gets_more_than_the_ceiling(
+    redis_url: str, redis_namespace: str
+) -> None:
+    """A service counting requests over a sliding window of `window` seconds refuses the
+    one beyond its limit in any window. At the highest rate the defaults let the shared
+    bucket reach (`rate_headroom` times the ceiling learned), a full bucket plus a window
+    of refills stays within the ceiling: grants taken as fast as three workers can, from a
+    full bucket, total at most the ceiling in every window. (The old default bucket, 0.2 s
+    of the rate, gave 27 + 5.4 tokens in one window on a ceiling of 30: each one over it a
+    RATE_LIMITED, and a pause every worker shares.)"""
+    async with fleet(redis_url, redis_namespace, 3) as workers:
+        account = workers[0]
+        learned = await learn_rate(account, 30)  # ceiling 30/s
+        assert learned.rate == pytest.approx(account.rate_headroom * 30)
+        await anyio.sleep(0.3)  # the bucket fills
+        # Each grant with the span it happened in: from before the call to its reply. Only
+        # grants whose whole span lies in a window count for it, so a slow reply on a busy
+        # machine cannot crowd one window with grants Redis made in two.
+        grants: list[tuple[float, float, int]] = []
+
+        async def take(worker: SharedAccount) -> None:
+            deadline = time.monotonic() + 1.4 * account.window
+            while time.monotonic() < deadline:
+                asked = time.monotonic()
+                got = await worker.acquire_rate(50)
+                if got:
+                    grants.append((asked, time.monotonic(), got))
+                await anyio.sleep(0.005)
+
+        async with anyio.create_task_group() as tg:
+            for worker in workers:
+                tg.start_soon(take, worker)
+    busiest = max(
+        sum(n for asked, answered, n in grants if start <= asked and answered < start + account.window)
+        for start, _, _ in grants
+    )
+    assert busiest <= 30
+    assert busiest >= 0.8 * 30  # and the bucket does grant
+
+
 async def test_the_rate_grows_under_demand_only(redis_url: str, redis_namespace: str) -> None:
     async with fleet(redis_url, redis_namespace, window=0.1, min_evidence=1) as [account]:
         learned = await learn_rate(account, 10)  # ceiling 100/s, rate 90/s

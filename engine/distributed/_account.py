@@ -692,7 +692,10 @@ class SharedAccount:
     (`slot_increase=0.5`, per `slot_limit` accepted tasks) with no multiplicative cut
     (`slot_decrease=1.0`: the clamp to the slots in use at a refusal finds the limit), from
     a slow start of 16; the rate probes up to 90% of the learned ceiling
-    (`rate_headroom=0.9`) with a bucket of 0.2 s (`rate_burst`). Each probe above a limit
+    (`rate_headroom=0.9`) with a bucket of 0.1 s (`rate_burst`): at that highest rate a
+    full bucket plus a window of refills stays within the ceiling (0.9 * (1 + 0.1) < 1), so a
+    service counting requests over a sliding window refuses none of the grants (a bucket of
+    0.2 s let 27 + 5.4 through in one window on a ceiling of 30). Each probe above a limit
     costs a refusal that every worker shares the pause of.
     """
 
@@ -712,7 +715,7 @@ class SharedAccount:
         rate_safety: float = 0.9,
         rate_increase: float = 0.05,
         rate_headroom: float = 0.9,
-        rate_burst: float = 0.2,
+        rate_burst: float = 0.1,
         window: float = 1.0,
         min_rate: float = 0.1,
         min_evidence: int = 5,
