@@ -381,6 +381,23 @@ def test_the_probe_goes_to_the_first_waiting_job_without_a_slot() -> None:
     ]
 
 
+def test_a_granted_probe_wants_its_token_in_the_same_sync() -> None:
+    """On a paced account the prober wants a token as soon as the probe is granted, so the
+    sync round that got the probe leases its token too; otherwise the probe (one for the
+    whole account) waits a round for it. The other waiting jobs still want none."""
+    gate = synced(SharedGate(), paced=True)
+    waiting(gate, "a", "b")
+    assert gate.wanted_tokens == 0  # no slot in hand: nobody could send
+    gate.probe_granted()
+    assert gate.wanted_tokens == 1
+    gate.leased(tokens=1)
+    assert gate.wakeups() == ["a"]
+    assert isinstance(gate.admit("a", CREATE, retry=False, now=0), Admit)
+    assert gate.view.tokens == 0 and gate.wanted_tokens == 0
+    assert isinstance(gate.admit("b", CREATE, retry=False, now=0), Hold)
+    assert gate.wanted_tokens == 0
+
+
 def test_a_granted_probe_waits_while_redis_is_unreachable() -> None:
     """No new task goes while the view is stale (Redis away), the probe included; it goes
     once a sync brings the view back."""

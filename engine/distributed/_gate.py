@@ -167,12 +167,16 @@ class SharedGate:
 
     def probe_granted(self) -> None:
         """The sync task got the account's probe: the first job waiting for a slot sends it
-        (woken); with none waiting any more, the grant goes back unused."""
+        (woken); with none waiting any more, the grant goes back unused. On a paced account
+        the prober wants a token at once, so that the same sync round can lease it one
+        (else it would wait a round for it, and the account's one probe with it)."""
         if not self.waiting_slot:
             self.events.append(SharedEvent("probe", reason="void"))
             return
-        self.probing = next(iter(self.waiting_slot))
-        self._wake.append(self.probing)
+        self.probing = prober = next(iter(self.waiting_slot))
+        if self.view.paced:
+            self.waiting_token[prober] = None
+        self._wake.append(prober)
 
     @property
     def wanted_tokens(self) -> int:
