@@ -20,7 +20,8 @@ What the view holds, and how it binds the worker:
   finds its task done, up to a poll interval after the service freed it. So while jobs
   wait for a slot and none is in hand, the sync task asks Redis for the account's one
   probe (`SharedAccount.acquire_probe`: one worker at a time, paced by the answers); the
-  first waiting job then sends its createTask without a slot. Accepted, its slot joins
+  first waiting job then sends its createTask without a slot (on a paced account with a
+  token leased in the same sync round). Accepted, its slot joins
   the worker's lease, and the next slot freed here goes back to the account (`over`);
   refused, it is not news (it was beyond the limit). So the leases go beyond the learned
   limit only by accepted probes (tasks the service took) or a lowered limit, and come
