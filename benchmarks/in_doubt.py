@@ -15,9 +15,9 @@ its round trip (the `SENDING` commit's end to the reply handed to the journal: t
 itself) and the fsynced commit of its `taskId` (the journal's share).
 
 Printed: mean, median and 90th percentile of each part (in milliseconds, pooled over
-`--rounds`), and the tasks in doubt at a moment drawn uniformly over each run (mean and
-most). Last line: `in_doubt: window_ms=W round_trip_ms=R window_vs_round_trip=X
-mean_in_doubt=M max_in_doubt=N`.
+`--rounds`), and the tasks in doubt at moments spread evenly from each run's first
+createTask to its last `taskId` (mean and most). Last line: `in_doubt: window_ms=W
+round_trip_ms=R window_vs_round_trip=X mean_in_doubt=M max_in_doubt=N`.
 """
 
 from __future__ import annotations
