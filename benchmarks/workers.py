@@ -26,6 +26,7 @@ Last line: `workers: rejected_vs_independent=X makespan_vs_independent=Y billed_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 
 import anyio
 import attrs
@@ -87,6 +89,20 @@ def start_redis() -> tuple[str, subprocess.Popen[bytes] | None, str | None]:
         except OSError:
             time.sleep(0.05)
     return f"redis://127.0.0.1:{port}/0", proc, directory
+
+
+@contextlib.contextmanager
+def redis_for_benchmark() -> Iterator[str]:
+    """The URL of a Redis for a benchmark (see `start_redis`), stopped and removed after."""
+    url, proc, directory = start_redis()
+    try:
+        yield url
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_once(way: str, args: argparse.Namespace, redis_url: str) -> Outcome:
@@ -206,9 +222,8 @@ def main() -> None:
         "--ways", default="shared,independent", help="which ways to run (both for the summary)"
     )
     args = parser.parse_args()
-    redis_url, redis_proc, redis_dir = start_redis()
     results: dict[str, list[Outcome]] = {way: [] for way in args.ways.split(",")}
-    try:
+    with redis_for_benchmark() as redis_url:
         for number in range(1, args.rounds + 1):
             for way in results:
                 outcome = run_once(way, args, redis_url)
@@ -218,12 +233,6 @@ def main() -> None:
                     f"{outcome.requests} requests, {outcome.rejected} rejected",
                     flush=True,
                 )
-    finally:
-        if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait()
-        if redis_dir is not None:
-            shutil.rmtree(redis_dir, ignore_errors=True)
     print(
         f"{args.tasks} tasks, {WORKERS} workers x {args.concurrency}, account: "
         f"{args.rate} requests/s, {args.slots} slots; mean of {args.rounds} round(s)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -16,6 +17,7 @@ KEYS = (
     "bench-workers-key",
     "bench-journal-key",
     "bench-in-doubt-key",
+    "bench-sync-cost-key",
     "bench-http-key",
     "bench-scale-key",
     "bench-short-timeout-key",
@@ -61,31 +63,37 @@ KEYS = (
 )
 def test_benchmark_runs_and_prints_its_summary(script: str, args: list[str], summary: str) -> None:
     """The script exits 0 with its summary as the last line, and no account key anywhere."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1].startswith(summary)
-    assert not any(key in proc.stdout + proc.stderr for key in KEYS)
+    check_benchmark(script, args, summary)
 
 
 def test_the_workers_benchmark_runs_and_prints_its_summary(redis_url: str) -> None:
     """`benchmarks/workers.py` at a small size (4 worker processes each way, on the test
     Redis): exit 0, its summary as the last line, no key."""
-    import os
+    check_benchmark(
+        "workers.py", ["--tasks", "12"], "workers: rejected_vs_independent=", redis_url, 240
+    )
 
+
+def test_the_sync_cost_benchmark_runs_and_prints_its_summary(redis_url: str) -> None:
+    """`benchmarks/sync_cost.py` briefly, on the test Redis: exit 0, its summary last, no key."""
+    summary = "sync_cost: cpu_ms_per_second="
+    check_benchmark("sync_cost.py", ["--seconds", "0.3"], summary, redis_url)
+
+
+def check_benchmark(
+    script: str, args: list[str], summary: str, redis_url: str | None = None, timeout: int = 120
+) -> None:
+    """Run `benchmarks/<script>` (on the Redis at `redis_url`, if given): it exits 0, prints
+    `summary` at the start of its last line, and no account key anywhere."""
+    env = {**os.environ, "CAPTCHAFLOW_REDIS_URL": redis_url} if redis_url else None
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "workers.py"), "--tasks", "12"],
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
-        env={**os.environ, "CAPTCHAFLOW_REDIS_URL": redis_url},
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1].startswith("workers: rejected_vs_independent=")
+    assert proc.stdout.strip().splitlines()[-1].startswith(summary)
     assert not any(key in proc.stdout + proc.stderr for key in KEYS)
