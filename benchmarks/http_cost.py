@@ -34,24 +34,21 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import cProfile
 import gc
 import importlib
 import itertools
-import json
 import pathlib
 import pstats
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import anyio
 import httpx
+from sim_server import serve_sim  # this folder is on the path when run as a script
 
 from captchaflow.engine import Engine
 from captchaflow.policies import FixedInterval
@@ -201,29 +198,6 @@ def run_client(name: str, run: Run) -> tuple[float, float]:
     return cpu, wall
 
 
-@contextlib.contextmanager
-def serve_sim(latency: float = 0.0) -> Iterator[str]:
-    """`captchaflow serve-sim` in a subprocess, solving every task at once and answering
-    `latency` seconds late; yields its URL."""
-    with tempfile.TemporaryDirectory() as folder:
-        scenario = pathlib.Path(folder) / "instant.json"
-        scenario.write_text(json.dumps({**SCENARIO, "latency": latency}))
-        server = subprocess.Popen(
-            [sys.executable, "-m", "captchaflow", "serve-sim", "--scenario", str(scenario)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert server.stdout is not None
-            url = server.stdout.readline().strip()
-            if not url.startswith("http://"):
-                raise SystemExit(f"serve-sim did not start (exit {server.wait()})")
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
-
 def profile(name: str, make_run: Callable[[], Run]) -> None:
     """Run client `name` once under cProfile; print the top of its profile."""
     profiler = cProfile.Profile()
@@ -243,7 +217,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--profile", choices=CLIENTS)
     args = parser.parse_args()
-    with serve_sim(args.latency) as url:
+    with serve_sim({**SCENARIO, "latency": args.latency}) as url:
 
         def make_run(tasks: int = args.tasks) -> Run:
             return Run(url, tasks, args.in_flight, args.connections, args.poll)

@@ -23,16 +23,15 @@ round_trip_ms=R window_vs_round_trip=X mean_in_doubt=M max_in_doubt=N`.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
+from sim_server import serve_sim  # this folder is on the path when run as a script
 
 from captchaflow.engine import Engine
 from captchaflow.engine.journal import SqliteJournal
@@ -65,19 +64,13 @@ class TimedJournal(SqliteJournal):
         self.created_at[job_id] = time.perf_counter()
 
 
-def serve(directory: Path, latency: float) -> tuple[subprocess.Popen[str], str]:
-    """Start `captchaflow serve-sim` on the crash test's account; return it and its URL."""
-    scenario = {
+def scenario(latency: float) -> dict[str, Any]:
+    """The crash test's account and tasks, `latency` seconds per request."""
+    return {
         "accounts": [{"key": KEY, "rate_limit": 1000, "slots": 1000}],
         "default_task": {"solve_seconds": 1.0, "solve_spread": 0.5, "min_solve_seconds": 0.2},
         "latency": latency,
     }
-    path = directory / "scenario.json"
-    path.write_text(json.dumps(scenario))
-    command = [sys.executable, "-m", "captchaflow.engine.cli", "serve-sim", "--scenario", str(path)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
 
 
 async def run(url: str, path: Path, tasks: int, concurrency: int) -> TimedJournal:
@@ -124,20 +117,15 @@ def main() -> None:
     trips: list[float] = []
     commits: list[float] = []
     counts: list[int] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        server, url = serve(Path(tmp), args.latency)
-        try:
-            for round_ in range(args.rounds):
-                path = Path(tmp) / f"journal-{round_}.db"
-                journal = anyio.run(run, url, path, args.tasks, args.concurrency)
-                done = [job for job in journal.sent if job in journal.created_at]
-                windows += [journal.created_at[job] - journal.sent[job] for job in done]
-                trips += [journal.replied[job] - journal.sent[job] for job in done]
-                commits += [journal.created_at[job] - journal.replied[job] for job in done]
-                counts += in_doubt_counts([(journal.sent[j], journal.created_at[j]) for j in done])
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as tmp, serve_sim(scenario(args.latency)) as url:
+        for round_ in range(args.rounds):
+            path = Path(tmp) / f"journal-{round_}.db"
+            journal = anyio.run(run, url, path, args.tasks, args.concurrency)
+            done = [job for job in journal.sent if job in journal.created_at]
+            windows += [journal.created_at[job] - journal.sent[job] for job in done]
+            trips += [journal.replied[job] - journal.sent[job] for job in done]
+            commits += [journal.created_at[job] - journal.replied[job] for job in done]
+            counts += in_doubt_counts([(journal.sent[j], journal.created_at[j]) for j in done])
     print(
         f"{args.tasks} tasks, {args.concurrency} at a time, {args.rounds} round(s), "
         f"{args.latency * 1000:g} ms per request (serve-sim on loopback)"
